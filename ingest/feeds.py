@@ -1,0 +1,241 @@
+"""Feed polling: conditional GET with httpx, parsing with feedparser, de-duplication by canonical URL.
+
+feedparser only ever sees bytes we fetched: it never opens a URL itself, so every
+request goes through the guarded fetcher. Per-feed state (validators, last
+status, last error) and the set of canonical URLs already discovered live in
+SQLite, so a restart neither refetches unchanged feeds nor re-emits old entries.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin
+
+import feedparser
+
+from ingest.http import FetchError, Fetcher
+from ingest.urls import canonicalize
+from newsmon.bus import connect_sqlite
+from newsmon.record import Article, article_id, from_epoch, utc_now
+from newsmon.settings import Feed
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feeds (
+    url           TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    etag          TEXT,
+    last_modified TEXT,
+    last_polled   REAL,
+    last_success  REAL,
+    last_status   INTEGER,
+    last_error    TEXT,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    entries_new   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS seen (
+    canonical_url TEXT PRIMARY KEY,
+    article_id    TEXT NOT NULL,
+    feed_url      TEXT NOT NULL,
+    first_seen    TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class FeedState:
+    url: str
+    name: str = ""
+    etag: str | None = None
+    last_modified: str | None = None
+    last_polled: float | None = None
+    last_success: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    failures: int = 0
+    entries_new: int = 0
+
+
+class FeedStore:
+    """Per-feed state and the discovered-URL set, in ``state.db`` of the data directory."""
+
+    def __init__(self, path: Path):
+        self._conn = connect_sqlite(path)
+        self._conn.executescript(_SCHEMA)
+
+    def get(self, url: str) -> FeedState:
+        cur = self._conn.execute("SELECT * FROM feeds WHERE url = ?", (url,))
+        row = cur.fetchone()
+        if row is None:
+            return FeedState(url)
+        return FeedState(**dict(zip([c[0] for c in cur.description], row)))
+
+    def save(self, state: FeedState) -> None:
+        values = vars(state)
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO feeds ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+
+    def all(self) -> list[FeedState]:
+        cur = self._conn.execute("SELECT * FROM feeds ORDER BY name")
+        names = [c[0] for c in cur.description]
+        return [FeedState(**dict(zip(names, row))) for row in cur.fetchall()]
+
+    def unseen(self, canonical_urls: Iterable[str]) -> set[str]:
+        urls = list(canonical_urls)
+        seen = set()
+        for i in range(0, len(urls), 500):
+            chunk = urls[i : i + 500]
+            seen.update(
+                r[0]
+                for r in self._conn.execute(
+                    f"SELECT canonical_url FROM seen WHERE canonical_url IN ({','.join('?' * len(chunk))})", chunk
+                )
+            )
+        return set(urls) - seen
+
+    def mark_seen(self, articles: Iterable[Article]) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO seen (canonical_url, article_id, feed_url, first_seen) VALUES (?, ?, ?, ?)",
+                [(a.canonical_url, a.id, a.feed_url, a.discovered) for a in articles],
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class ParsedFeed:
+    title: str
+    articles: list[Article]
+    skipped: list[str] = field(default_factory=list)  # one reason per entry that was left out
+    warning: str | None = None
+
+
+def _iso(parsed: time.struct_time | None) -> str | None:
+    """feedparser's dates are UTC struct_times."""
+    return from_epoch(calendar.timegm(parsed)) if parsed else None
+
+
+class FeedParseError(Exception):
+    pass
+
+
+def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "") -> ParsedFeed:
+    """Entries of a feed document as discovered-article records (pure: no I/O)."""
+    parsed = feedparser.parse(
+        content, response_headers={"content-type": content_type or "application/xml", "content-location": final_url}
+    )
+    if not parsed.version and not parsed.entries:
+        detail = f": {parsed.bozo_exception}" if parsed.bozo else ""
+        raise FeedParseError(f"not a feed (no RSS, Atom or RDF document found{detail})")
+    now = utc_now()
+    title = parsed.feed.get("title", "") or feed.name
+    articles, skipped, batch = [], [], set()
+    for position, entry in enumerate(parsed.entries):
+        label = entry.get("title") or entry.get("id") or f"entry #{position + 1}"
+        link = urljoin(final_url, entry.get("link", ""))
+        try:
+            canonical = canonicalize(link) if entry.get("link") else None
+        except ValueError:
+            canonical = None
+        if canonical is None:
+            skipped.append(f"{label!r}: entry has no http(s) link")
+            continue
+        if canonical in batch:
+            continue
+        batch.add(canonical)
+        authors = [a.get("name", "") for a in entry.get("authors", []) if a.get("name")]
+        articles.append(
+            Article(
+                id=article_id(canonical),
+                url=link,
+                canonical_url=canonical,
+                feed_url=feed.url,
+                source=title,
+                title=entry.get("title", ""),
+                authors=authors or ([entry["author"]] if entry.get("author") else []),
+                published=_iso(entry.get("published_parsed") or entry.get("updated_parsed")),
+                discovered=now,
+                language_hint=feed.language,
+            )
+        )
+    problem = f"{type(parsed.bozo_exception).__name__}: {parsed.bozo_exception}" if parsed.bozo else ""
+    if problem and not articles:
+        raise FeedParseError(f"malformed feed with no usable entry ({problem})")
+    warning = f"feed is not well-formed, parsed leniently ({problem})" if problem else None
+    return ParsedFeed(title, articles, skipped, warning)
+
+
+@dataclass
+class PollResult:
+    feed: Feed
+    new: list[Article] = field(default_factory=list)
+    not_modified: bool = False
+    error: str | None = None
+
+
+def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
+    """Fetch one feed (conditionally) and return the entries not discovered before.
+
+    The caller publishes ``result.new`` and then calls ``store.mark_seen``: an
+    entry is only remembered once it is safely on the bus.
+    """
+    state = store.get(feed.url)
+    state.name, state.last_polled = feed.name, time.time()
+    validators = {}
+    if state.etag:
+        validators["If-None-Match"] = state.etag
+    if state.last_modified:
+        validators["If-Modified-Since"] = state.last_modified
+    result = PollResult(feed)
+    try:
+        response = fetcher.get(feed.url, headers=validators)
+        state.last_status = response.status
+        if response.status == 304:
+            result.not_modified = True
+            state.entries_new = 0
+        else:
+            parsed = parse_feed(response.content, feed, response.final_url, response.headers.get("content-type", ""))
+            for reason in parsed.skipped:
+                log.warning("feed %s: skipped %s", feed.url, reason)
+            if parsed.warning:
+                log.warning("feed %s: %s", feed.url, parsed.warning)
+            if not parsed.articles and not parsed.skipped:
+                log.info("feed %s: feed has no entries", feed.url)
+            fresh = store.unseen(a.canonical_url for a in parsed.articles)
+            result.new = [a for a in parsed.articles if a.canonical_url in fresh]
+            state.etag = response.headers.get("etag")
+            state.last_modified = response.headers.get("last-modified")
+            state.entries_new = len(result.new)
+        state.last_success, state.last_error, state.failures = state.last_polled, None, 0
+    except (FetchError, FeedParseError) as exc:
+        if isinstance(exc, FetchError):
+            result.error, state.last_status = exc.reason, exc.status
+        else:
+            result.error = str(exc)
+        state.last_error = result.error
+        state.failures += 1
+        log.warning("feed %s: %s", feed.url, result.error)
+    store.save(state)
+    return result
+
+
+def due_feeds(feeds: Iterable[Feed], store: FeedStore, now: float | None = None) -> list[Feed]:
+    now = time.time() if now is None else now
+    due = []
+    for feed in feeds:
+        last = store.get(feed.url).last_polled
+        if last is None or now - last >= feed.interval:
+            due.append(feed)
+    return due
+

@@ -1,0 +1,51 @@
+"""The fetch+extract stage: a discovered article record in, an article with text and metadata out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+
+from ingest.extract import Extracted, Extractor, decode_html
+from ingest.http import HTML_TYPES, Fetcher
+from newsmon.record import Article, to_iso, utc_now
+
+
+def _page_date(value: str | None) -> str | None:
+    """trafilatura's date (usually YYYY-MM-DD) as UTC ISO 8601, or None if unparseable."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return to_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def apply_extraction(article: Article, extracted: Extracted) -> Article:
+    """Merge what the page says into the record; the feed's own title, authors and date win."""
+    updated = replace(
+        article,
+        text=extracted.text,
+        extraction_method=extracted.method,
+        title=article.title or extracted.title,
+        authors=article.authors or extracted.authors,
+        published=article.published or _page_date(extracted.date),
+        source=extracted.sitename or article.source,
+        page_canonical_url=extracted.canonical_url,
+        warnings=list(article.warnings),
+    )
+    for warning in extracted.warnings:
+        updated.warn("extract", warning)
+    return updated
+
+
+def fetch_and_extract(article: Article, fetcher: Fetcher, extractor: Extractor, retries: int = 2) -> Article:
+    response = fetcher.get(article.url, accept_types=HTML_TYPES, retries=retries)
+    html, encoding, warnings = decode_html(response.content, response.charset)
+    extracted = extractor(html, response.final_url)
+    extracted.encoding = encoding
+    extracted.warnings = warnings + extracted.warnings
+    updated = apply_extraction(article, extracted)
+    updated.final_url = response.final_url
+    updated.fetched = utc_now()
+    return updated

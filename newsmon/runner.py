@@ -1,0 +1,122 @@
+"""The stage runner: wires a stage (a plain function of an article record) to the bus.
+
+For each batch: decode, transform (in threads when the stage does I/O), publish
+the outputs or hand them to the sink, wait until the bus or sink has them
+durably, and only then commit the input offsets. A crash anywhere before the
+commit means the batch is delivered again: at-least-once, with idempotent sinks
+so that nothing is indexed twice. A message that cannot be processed goes to the
+dead-letter topic with the reason, and the stage moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
+from newsmon.record import Article, RecordError, utc_now
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Article], Article]
+# A sink takes a batch and returns the records it rejected, each with the reason.
+Deliver = Callable[[list[Article]], list[tuple[Article, str]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    consumes: str
+    produces: str | None = None
+    transform: Transform | None = None
+    deliver: Deliver | None = None
+    concurrency: int = 1  # threads for I/O-bound transforms (fetching)
+
+
+@dataclass
+class BatchResult:
+    consumed: int = 0
+    produced: int = 0
+    failed: int = 0
+
+
+def dead_letter(bus: Bus, stage: str, message: Message, reason: str) -> None:
+    log.warning("%s: %s -> dead letters: %s", stage, message.key, reason)
+    bus.publish(
+        DEAD_LETTERS,
+        message.key,
+        message.value,
+        {
+            **message.headers,
+            "error": reason,
+            "stage": stage,
+            "topic": message.topic,
+            "partition": str(message.partition),
+            "offset": str(message.offset),
+            "failed_at": utc_now(),
+        },
+    )
+
+
+def _run_one(stage: Stage, article: Article) -> Article | Exception:
+    started = time.perf_counter()
+    try:
+        result = stage.transform(article) if stage.transform else article
+    except Exception as exc:  # one bad record must never stop the stage
+        return exc
+    result.provenance = article.provenance + [
+        {"stage": stage.name, "at": utc_now(), "ms": round((time.perf_counter() - started) * 1000, 2)}
+    ]
+    return result
+
+
+def process_batch(
+    stage: Stage,
+    bus: Bus,
+    consumer: Consumer,
+    *,
+    max_records: int = 50,
+    timeout: float = 0.0,
+    executor: ThreadPoolExecutor | None = None,
+) -> BatchResult:
+    """Process one batch of ``stage``. Raises if the sink fails; nothing is committed then."""
+    messages = consumer.poll(max_records, timeout)
+    stats = BatchResult(consumed=len(messages))
+    if not messages:
+        return stats
+    decoded: list[tuple[Message, Article]] = []
+    for message in messages:
+        try:
+            decoded.append((message, Article.from_json(message.value)))
+        except RecordError as exc:
+            dead_letter(bus, stage.name, message, f"undecodable record: {exc}")
+            stats.failed += 1
+    if executor is not None and stage.concurrency > 1:
+        results = list(executor.map(lambda pair: _run_one(stage, pair[1]), decoded))
+    else:
+        results = [_run_one(stage, article) for _, article in decoded]
+    done: list[tuple[Message, Article]] = []
+    for (message, _), result in zip(decoded, results):
+        if isinstance(result, Exception):
+            dead_letter(bus, stage.name, message, f"{type(result).__name__}: {result}")
+            stats.failed += 1
+        else:
+            done.append((message, result))
+    if stage.produces:
+        for message, article in done:
+            headers = {"stage": stage.name, "attempts": message.headers.get("attempts", "1")}
+            bus.publish(stage.produces, article.id, article.to_json(), headers)
+        stats.produced = len(done)
+    if stage.deliver and done:
+        by_id = {article.id: message for message, article in done}
+        rejected = stage.deliver([article for _, article in done])
+        for article, reason in rejected:
+            dead_letter(bus, stage.name, by_id[article.id], reason)
+        stats.failed += len(rejected)
+        stats.produced = len(done) - len(rejected)
+    bus.flush()  # outputs and dead letters are durable before the inputs are marked done
+    consumer.commit(messages)
+    return stats

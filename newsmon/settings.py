@@ -1,0 +1,168 @@
+"""Settings: the YAML files in the config directory, with environment overrides.
+
+Files (all in ``NEWSMON_CONFIG_DIR``, default ``./config``):
+- ``pipeline.yaml``: bus, fetch limits, extraction, language, runner (optional; defaults below);
+- ``feeds.yaml``: the feeds to poll;
+- ``keywords.yaml``: the topics the tagger marks.
+
+Environment overrides: ``NEWSMON_DATA_DIR`` (default ``./data``), ``NEWSMON_CONFIG_DIR``,
+``NEWSMON_BUS``, ``NEWSMON_ALLOW_PRIVATE`` (comma-separated CIDRs the fetcher may reach),
+``NEWSMON_USER_AGENT``.
+
+Every validation error names the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file, the key and the problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not silently ignored
+
+
+class FetchSettings(_Model):
+    user_agent: str = ""
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(10.0, gt=0)
+    total_timeout: float = Field(30.0, gt=0)  # whole request including redirects and body
+    max_redirects: int = Field(5, ge=0, le=20)
+    max_bytes: int = Field(10_000_000, gt=0)  # decompressed body size cap
+    retries: int = Field(2, ge=0, le=10)  # for transient article fetch failures
+    concurrency: int = Field(8, ge=1, le=256)  # article fetches in flight
+    allow_private: list[str] = []  # CIDRs that may be fetched although not public, e.g. ["127.0.0.1/32"]
+
+    @field_validator("allow_private")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not an IP network: {exc}") from None
+        return value
+
+
+class ExtractSettings(_Model):
+    timeout: float = Field(20.0, gt=0)  # a page whose extraction takes longer is cut off
+    workers: int = Field(2, ge=0, le=64)  # extraction processes; 0 = in-process, no time limit
+    max_tasks_per_worker: int = Field(500, ge=1)  # recycle workers so memory cannot creep up
+    fallback_below_chars: int = Field(200, ge=0)  # shorter extractions fall back to the page's JSON-LD articleBody
+    min_text_chars: int = Field(50, ge=1)  # shorter final text: "no extractable text"
+
+
+class LanguageSettings(_Model):
+    prefix_chars: int = Field(2000, ge=100)  # detect on a bounded prefix: same answer, bounded cost
+    min_chars: int = Field(40, ge=1)  # fewer letters than this: "und"
+
+
+class RunnerSettings(_Model):
+    batch_size: int = Field(50, ge=1, le=10_000)
+    poll_timeout: float = Field(0.5, gt=0)
+
+
+class PipelineSettings(_Model):
+    bus: str = "embedded"
+    fetch: FetchSettings = FetchSettings()
+    extract: ExtractSettings = ExtractSettings()
+    language: LanguageSettings = LanguageSettings()
+    runner: RunnerSettings = RunnerSettings()
+
+
+class Feed(_Model):
+    name: str = Field(min_length=1)
+    url: str
+    interval: int = Field(900, ge=10)  # seconds between polls
+    language: str | None = None  # hint, used when the text is too short to tell
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
+class FeedsFile(_Model):
+    feeds: list[Feed] = []
+
+
+class Topic(_Model):
+    keywords: list[str] = []  # any language
+    languages: dict[str, list[str]] = {}  # keywords that count only in articles of that language
+
+
+class KeywordsFile(_Model):
+    topics: dict[str, Topic] = {}
+
+
+class Settings(BaseModel):
+    config_dir: Path
+    data_dir: Path
+    pipeline: PipelineSettings
+    feeds: list[Feed]
+    topics: dict[str, Topic]
+
+
+def _read_yaml(path: Path, model: type[_Model], required: bool) -> _Model:
+    if not path.exists():
+        if required:
+            raise ConfigError(f"{path}: file not found (set NEWSMON_CONFIG_DIR to the config directory)")
+        return model()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from None
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        lines.append(f"{path}: {key or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    env = os.environ
+    config_dir = Path(config_dir or env.get("NEWSMON_CONFIG_DIR") or "config")
+    data_dir = Path(data_dir or env.get("NEWSMON_DATA_DIR") or "data")
+    if not config_dir.is_dir():
+        raise ConfigError(f"{config_dir}: config directory not found (set NEWSMON_CONFIG_DIR)")
+    pipeline = _read_yaml(config_dir / "pipeline.yaml", PipelineSettings, required=False)
+    feeds = _read_yaml(config_dir / "feeds.yaml", FeedsFile, required=True)
+    keywords = _read_yaml(config_dir / "keywords.yaml", KeywordsFile, required=True)
+
+    raw = pipeline.model_dump()
+    if env.get("NEWSMON_BUS"):
+        raw["bus"] = env["NEWSMON_BUS"]
+    if env.get("NEWSMON_USER_AGENT"):
+        raw["fetch"]["user_agent"] = env["NEWSMON_USER_AGENT"]
+    if env.get("NEWSMON_ALLOW_PRIVATE") is not None:
+        raw["fetch"]["allow_private"] = [c.strip() for c in env["NEWSMON_ALLOW_PRIVATE"].split(",") if c.strip()]
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.rpartition(".")
+        (raw[section] if section else raw)[key] = value
+    try:
+        pipeline = PipelineSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(config_dir / "pipeline.yaml (with environment overrides)", exc)) from None
+    return Settings(
+        config_dir=config_dir, data_dir=data_dir, pipeline=pipeline, feeds=feeds.feeds, topics=keywords.topics
+    )

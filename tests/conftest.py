@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from newsmon import settings as config
+
+REPO = Path(__file__).resolve().parent.parent
+SITE = REPO / "newsmon" / "demo_site"
+EURONEWS_SLUG = "otan-ukraine-aide-35-milliards"
+NEWSMON = [sys.executable, "-m", "newsmon.cli"]
+
+
+def demo_page(slug: str, base_url: str = "http://127.0.0.1:8765") -> bytes:
+    return (SITE / "articles" / f"{slug}.html").read_bytes().replace(b"{{BASE_URL}}", base_url.encode())
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A copy of the repository's config with no feeds; tests write the feeds they need."""
+    target = tmp_path / "config"
+    shutil.copytree(REPO / "config", target)
+    (target / "feeds.yaml").write_text("feeds: []\n")
+    return target
+
+
+def write_feeds(config_dir: Path, feeds: list[dict]) -> None:
+    (config_dir / "feeds.yaml").write_text(yaml.safe_dump({"feeds": feeds}))
+
+
+@pytest.fixture
+def make_settings(config_dir: Path, tmp_path: Path):
+    """Settings for a test: loopback allowed, short timeouts, extraction in-process unless asked."""
+
+    def make(**overrides) -> config.Settings:
+        values = {
+            "fetch.allow_private": ["127.0.0.1/32"],
+            "fetch.connect_timeout": 2,
+            "fetch.read_timeout": 2,
+            "fetch.total_timeout": 5,
+            "fetch.retries": 0,
+            "extract.workers": 0,
+        }
+        values.update(overrides)
+        return config.load(config_dir, tmp_path / "data", overrides=values)
+
+    return make

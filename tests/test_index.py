@@ -1,0 +1,93 @@
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from newsmon.record import Article, TagHit, article_id
+from sinks.query import Term, parse
+from sinks.sqlite_index import Filters, SqliteIndex
+
+
+def _article(slug, title, text, language="fr", source="Le Site", tags=(), published="2026-02-12T10:00:00Z"):
+    url = f"https://example.org/{slug}"
+    return Article(id=article_id(url), url=url, canonical_url=url, feed_url="https://example.org/feed",
+                   title=title, text=text, language=language, source=source, published=published,
+                   tags=[TagHit(t, {t: 1}, []) for t in tags])
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = SqliteIndex(tmp_path / "index.db")
+    idx.upsert_many([
+        _article("otan", "Les alliés de l'OTAN", "Pour la sécurité des États-Unis et de l'Europe, Arctic Sentry.",
+                 tags=["nato", "security"]),
+        _article("climat", "Le climat change", "Le réchauffement climatique menace la sécurité alimentaire.",
+                 tags=["climate"], published="2026-01-05T08:00:00Z"),
+        _article("nato-en", "NATO allies meet", "Security in the High North was discussed by defence ministers.",
+                 language="en", source="Harbor Gazette", tags=["nato", "security"], published="2026-02-11T09:00:00Z"),
+        _article("econ", "Inflation slows", "The central bank kept interest rates on hold.", language="en",
+                 source="Harbor Gazette", tags=["economy"], published="2025-12-01T09:00:00Z"),
+    ])
+    yield idx
+    idx.close()
+
+
+def _titles(result):
+    return [h.article.title for h in result.hits]
+
+
+def test_accent_and_case_insensitive_with_highlight(index):
+    result = index.search("securite", Filters(languages=["fr"]))
+    assert result.total == 2
+    assert "<mark>sécurité</mark>" in result.hits[0].snippet_html()
+
+
+def test_filters_by_language_source_tag_and_dates(index):
+    assert _titles(index.search("", Filters(languages=["en"]), sort="date")) == ["NATO allies meet", "Inflation slows"]
+    assert index.search("", Filters(sources=["Harbor Gazette"])).total == 2
+    assert sorted(_titles(index.search("", Filters(tags=["nato"])))) == ["Les alliés de l'OTAN", "NATO allies meet"]
+    assert _titles(index.search("", Filters(since="2026-01-01T00:00:00Z", until="2026-02-12T00:00:00Z"), sort="date")) == [
+        "NATO allies meet", "Le climat change"]
+
+
+def test_query_syntax_phrase_or_exclusion_prefix(index):
+    assert _titles(index.search('"Arctic Sentry"')) == ["Les alliés de l'OTAN"]
+    assert _titles(index.search('"Sentry Arctic"')) == []
+    assert sorted(_titles(index.search("otan OR inflation"))) == ["Inflation slows", "Les alliés de l'OTAN"]
+    assert _titles(index.search("securite -climatique")) == ["Les alliés de l'OTAN"]
+    assert sorted(_titles(index.search("-securite -security"))) == ["Inflation slows"]
+    assert _titles(index.search("rechauff*")) == ["Le climat change"]
+
+
+def test_title_matches_rank_above_body_matches(index):
+    index.upsert_many([_article("body-only", "Autre sujet", "On parle aussi de l'OTAN ici, une fois.")])
+    assert _titles(index.search("otan"))[0] == "Les alliés de l'OTAN"
+
+
+def test_reindexing_updates_in_place(index):
+    before = index.count()
+    original = index.get(article_id("https://example.org/otan"))
+    index.upsert_many([replace(original, title="Titre corrigé", tags=[TagHit("ukraine", {"Ukraine": 1}, [])])])
+    assert index.count() == before
+    assert index.search("corrige").total == 1
+    assert index.search("alliés", Filters(languages=["fr"])).total == 0
+    assert index.search("", Filters(tags=["nato"])).total == 1  # old tags replaced
+    assert index.get(original.id).tag_names == ["ukraine"]
+
+
+def test_parse():
+    q = parse('nato "arctic sentry" -rutte a OR b clim* -"grand nord" ! OR')
+    assert q.groups == [[Term("nato")], [Term("arctic sentry", phrase=True)], [Term("a"), Term("b")],
+                        [Term("clim", prefix=True)]]
+    assert q.excluded == [Term("rutte"), Term("grand nord", phrase=True)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('ab "-*()OR:^\'NEAR{}+é\\.,')), max_size=30))
+def test_no_query_can_break_the_index(tmp_path_factory, query):
+    idx = _FUZZ_INDEX.setdefault("i", SqliteIndex(tmp_path_factory.mktemp("fuzz") / "i.db"))
+    result = idx.search(query, limit=5)
+    assert result.total >= 0
+
+
+_FUZZ_INDEX: dict = {}

@@ -1,0 +1,124 @@
+"""The whole embedded pipeline, in process: the demo site end to end, and bad input that must not stop it."""
+
+import gzip
+import json
+import threading
+
+import pytest
+
+from newsmon.bus import DEAD_LETTERS, SqliteBus
+from newsmon.demo import DemoSite, demo_feeds
+from newsmon.pipeline import run
+from newsmon.settings import Feed
+from sinks.sqlite_index import Filters, SqliteIndex
+from tests.conftest import EURONEWS_SLUG, SITE
+from tests.sites import Page, TestSite, article_html, rss
+
+MANIFEST = json.loads((SITE / "MANIFEST.json").read_text())
+CHROME = ["Newsletter", "PUBLICITÉ", "Copier/coller", "À découvrir également"]
+
+
+def _run_once(settings, feeds):
+    return run(settings, feeds, once=True, stop=threading.Event(), force_poll=True)
+
+
+@pytest.mark.slow
+def test_demo_site_end_to_end_then_nothing_new(make_settings):
+    settings = make_settings()
+    with DemoSite() as site:
+        feeds = [Feed(**f) for f in demo_feeds(site.base_url)]
+        progress = _run_once(settings, feeds)
+        assert (progress.discovered, progress.done["index"], sum(progress.failed.values())) == (14, 14, 0)
+        again = _run_once(settings, feeds)
+        assert (again.discovered, again.done["index"]) == (0, 0)
+
+    index = SqliteIndex(settings.data_dir / "index.db")
+    assert index.count() == len(MANIFEST) == 14
+    by_url = {h.article.url.split("?")[0].rsplit("/", 1)[-1][:-5]: h.article for h in index.search("", limit=100).hits}
+    for entry in MANIFEST:
+        article = by_url[entry["slug"]]
+        assert article.language == entry["lang"], entry["slug"]
+        assert sorted(article.tag_names) == sorted(entry["topics"]), entry["slug"]
+        assert article.source == entry["outlet"]
+        assert article.extraction_method == "trafilatura"
+        assert [p["stage"] for p in article.provenance] == ["extract", "language", "tag", "index"]
+
+    hits = index.search("securite", Filters(languages=["fr"])).hits
+    euronews = next(h.article for h in hits if EURONEWS_SLUG in h.article.url)
+    assert {"nato", "ukraine"} <= set(euronews.tag_names)
+    assert "Arctic Sentry" in euronews.text and "Boris Pistorius" in euronews.text
+    assert not [c for c in CHROME if c in euronews.text]
+    assert euronews.published == "2026-02-12T16:45:00Z"
+    assert euronews.page_canonical_url.endswith(f"/articles/{EURONEWS_SLUG}.html")
+    # Listed in both feeds, once with tracking parameters: one article.
+    assert sum(EURONEWS_SLUG in h.article.url for h in index.search("", limit=100).hits) == 1
+    # The ISO-8859-1 page kept its umlauts.
+    german = by_url["klimaschutz-waermenetz-buerger-auenfeld"]
+    assert "Bürger" in german.text and "\ufffd" not in german.text
+
+
+def _stream_30_mb(handler):
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    chunk = b"<p>" + b"x" * 65_000 + b"</p>"
+    for _ in range(30_000_000 // len(chunk)):
+        handler.wfile.write(chunk)
+
+
+GOOD = article_html("Defence ministers agree on aid", [
+    "Defence ministers of the alliance met in Brussels on Thursday and agreed on a new package of military aid.",
+    "The package includes air defence systems and ammunition, and officials said deliveries would start soon.",
+    "NATO's secretary general said the meeting showed that European allies were taking more responsibility.",
+])
+
+
+def test_bad_feeds_and_pages_are_recorded_and_the_rest_goes_on(make_settings):
+    routes = {
+        "/good.xml": Page(rss([
+            ("Good one", "{{BASE_URL}}/good1.html"),
+            ("Loop", "{{BASE_URL}}/loop.html"),
+            ("A PDF", "{{BASE_URL}}/report.pdf"),
+            ("Huge", "{{BASE_URL}}/huge.html"),
+            ("Bad bytes", "{{BASE_URL}}/latin.html"),
+            ("Empty page", "{{BASE_URL}}/empty.html"),
+            ("Missing", "{{BASE_URL}}/missing.html"),
+            ("Good two", "{{BASE_URL}}/good2.html"),
+        ]), headers={"Content-Type": "application/rss+xml"}),
+        "/good1.html": Page(GOOD),
+        "/good2.html": Page(GOOD.replace(b"Thursday", b"Friday")),
+        "/loop.html": Page(status=302, headers={"Location": "/loop.html"}),
+        "/report.pdf": Page(b"%PDF-1.7 ...", headers={"Content-Type": "application/pdf"}),
+        "/huge.html": _stream_30_mb,
+        "/latin.html": Page(GOOD.replace(b"Brussels", b"Br\xfcssel \xff\xfe"), headers={"Content-Type": "text/html; charset=utf-8"}),
+        "/empty.html": Page(b"<html><head><title>x</title></head><body><nav>Home</nav></body></html>"),
+        "/404.xml": Page(b"gone", status=404),
+        "/500.xml": Page(b"oops", status=500),
+        "/slow.xml": Page(rss([]), delay=3),
+        "/notxml.xml": Page(b"<html><body><h1>Welcome</h1></body></html>"),
+        "/malformed.xml": Page(b"<?xml version='1.0'?><rss><channel><title>x<item><link>"),
+        "/empty.xml": Page(rss([]), headers={"Content-Type": "application/rss+xml"}),
+    }
+    settings = make_settings(**{"fetch.read_timeout": 1})
+    with TestSite(routes) as site:
+        feeds = [Feed(name=p, url=site.url(p)) for p in routes if p.endswith(".xml")]
+        progress = _run_once(settings, feeds)
+
+    index = SqliteIndex(settings.data_dir / "index.db")
+    titles = sorted(h.article.title for h in index.search("", limit=50).hits)
+    assert titles == ["Bad bytes", "Good one", "Good two"]
+    bad_bytes = index.search("", limit=50).hits
+    latin = next(h.article for h in bad_bytes if h.article.title == "Bad bytes")
+    assert "\ufffd" in latin.text and any("invalid utf-8" in w["reason"] for w in latin.warnings)
+
+    bus = SqliteBus(settings.data_dir / "queue.db")
+    errors = {json.loads(m.value)["url"].rsplit("/", 1)[-1]: m.headers for m in bus.recent(DEAD_LETTERS, 50)}
+    assert set(errors) == {"loop.html", "report.pdf", "huge.html", "empty.html", "missing.html"}
+    assert "redirect loop" in errors["loop.html"]["error"]
+    assert "application/pdf" in errors["report.pdf"]["error"]
+    assert "byte limit" in errors["huge.html"]["error"]
+    assert "no extractable text" in errors["empty.html"]["error"]
+    assert "HTTP 404" in errors["missing.html"]["error"]
+    assert all(h["stage"] == "extract" and h["topic"] == "articles.discovered" for h in errors.values())
+    assert progress.feed_errors == 5  # 404, 500, timeout, not XML, malformed; the empty feed is fine
