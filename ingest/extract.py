@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import multiprocessing
 import re
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import charset_normalizer
 import trafilatura
 from pebble import ProcessExpired, ProcessPool
 
+from newsmon.runner import worker_context
 from newsmon.settings import ExtractSettings
 
 
@@ -161,12 +161,8 @@ class Extractor:
         self.settings = settings
         self._pool = None
         if settings.workers:
-            # forkserver: workers fork from a clean server process that has already imported trafilatura,
-            # never from our threaded main process.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["ingest.extract"])
             self._pool = ProcessPool(
-                max_workers=settings.workers, max_tasks=settings.max_tasks_per_worker, context=context
+                max_workers=settings.workers, max_tasks=settings.max_tasks_per_worker, context=worker_context()
             )
 
     def __call__(self, html: str, url: str | None = None) -> Extracted:

@@ -157,12 +157,12 @@ def search(query, languages, tags, sources, since, until, sort, limit, offset, a
     """
     from sinks.sqlite_index import Filters, SqliteIndex
 
+    filters = Filters(list(languages), list(sources), list(tags), _date(since, "--since"), _date(until, "--until"))
     settings = _load()
     path = settings.data_dir / "index.db"
     if not path.exists():
         raise click.ClickException(f"{path}: no index yet (run `newsmon demo` or `newsmon run` first)")
     index = SqliteIndex(path)
-    filters = Filters(list(languages), list(sources), list(tags), _date(since, "--since"), _date(until, "--until"))
     result = index.search(query, filters, sort=sort, limit=limit, offset=offset)
     index.close()
     if as_json:

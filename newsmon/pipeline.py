@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +29,7 @@ from ingest.feeds import FeedStore, due_feeds, poll_feed
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
 from newsmon.bus import Bus, SqliteBus
-from newsmon.runner import Stage, process_batch
+from newsmon.runner import Stage, process_batch, worker_context
 from newsmon.settings import ConfigError, Feed, Settings
 from sinks.sqlite_index import SqliteIndex
 
@@ -63,7 +63,7 @@ def build_stages(settings: Settings, res: Resources) -> list[Stage]:
             partial(fetch_and_extract, fetcher=res.fetcher, extractor=res.extractor, retries=p.fetch.retries),
             concurrency=p.fetch.concurrency,
         ),
-        Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language)),
+        Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language), cpu_bound=True),
         Stage("tag", DETECTED, TAGGED, res.tagger.tag),
         Stage("index", TAGGED, deliver=res.index.upsert_many),
     ]
@@ -123,45 +123,91 @@ def poll_due(feeds: list[Feed], res: Resources, progress: Progress, *, force: bo
         progress.discovered += len(result.new)
 
 
-def drain(stages: list[Stage], res: Resources, settings: Settings, progress: Progress, report: Callable[[], None],
-          stop: threading.Event) -> None:
-    """Run every stage until no stage has anything left to do (or ``stop`` is set)."""
-    batch = settings.pipeline.runner.batch_size
-    with ThreadPoolExecutor(max_workers=max(s.concurrency for s in stages), thread_name_prefix="stage") as pool:
-        consumers = {s.name: res.bus.consumer(s.name, [s.consumes]) for s in stages}
-        while not stop.is_set():
-            busy = False
-            for stage in stages:
-                try:
-                    result = process_batch(stage, res.bus, consumers[stage.name], max_records=batch, executor=pool)
-                except Exception:
-                    log.exception("stage %s failed; its batch will be retried", stage.name)
-                    consumers[stage.name].rewind()
-                    time.sleep(1.0)
-                    busy = True
-                    continue
-                busy |= result.consumed > 0
-                progress.done[stage.name] += result.produced
-                progress.failed[stage.name] += result.failed
-                if result.consumed:
-                    report()
-            if not busy:
-                return
+@contextmanager
+def stage_executors(stages: list[Stage], settings: Settings):
+    """Threads for I/O-bound stages and worker processes for CPU-bound ones, for the whole run."""
+    workers = settings.pipeline.runner.processes
+    with ExitStack() as stack:
+        threads = stack.enter_context(ThreadPoolExecutor(max(s.concurrency for s in stages), thread_name_prefix="stage"))
+        processes = None
+        if workers and any(s.cpu_bound for s in stages):
+            processes = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=worker_context(), max_tasks_per_child=1000)
+            )
+        yield threads, processes
+
+
+class StageThreads:
+    """Every stage in its own thread, as each would be its own process on Kafka.
+
+    Stages overlap: while the extract stage waits for its workers, the language stage
+    runs in its own, and tag and index run here, so every core has work.
+    """
+
+    def __init__(self, stages: list[Stage], res: Resources, settings: Settings, progress: Progress, executors,
+                 report: Callable[[], None]):
+        self.stages, self.res, self.settings, self.progress = stages, res, settings, progress
+        self.threads_pool, self.processes = executors
+        self.report = report
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(s,), name=f"stage-{s.name}", daemon=True) for s in stages]
+
+    def __enter__(self) -> StageThreads:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self, stage: Stage) -> None:
+        runner = self.settings.pipeline.runner
+        consumer = self.res.bus.consumer(stage.name, [stage.consumes])
+        while not self._stop.is_set():
+            try:
+                result = process_batch(
+                    stage, self.res.bus, consumer, max_records=runner.batch_size, timeout=runner.poll_timeout,
+                    threads=self.threads_pool, processes=self.processes,
+                )
+            except Exception:
+                log.exception("stage %s failed; its batch will be retried", stage.name)
+                consumer.rewind()
+                self._stop.wait(1.0)
+                continue
+            if result.consumed:
+                with self._lock:
+                    self.progress.done[stage.name] += result.produced
+                    self.progress.failed[stage.name] += result.failed
+                    self.report()
+        consumer.close()
+
+    def idle(self) -> bool:
+        """True when every message on every stage's topic has been processed and committed."""
+        return all(self.res.bus.backlog(s.name, s.consumes) == 0 for s in self.stages)
 
 
 def run(settings: Settings, feeds: list[Feed], *, once: bool, stop: threading.Event,
         report: Callable[[Progress], None] = lambda p: None, force_poll: bool = False) -> Progress:
-    """Poll and process until ``stop`` is set, or, with ``once``, until one round is fully processed."""
+    """Poll and process until ``stop`` is set, or, with ``once``, until one round is fully processed.
+
+    On ``stop`` every stage finishes the batch in hand and commits before this returns.
+    """
     progress = Progress()
     with open_embedded(settings) as res:
         stages = build_stages(settings, res)
-        while not stop.is_set():
+        with stage_executors(stages, settings) as executors, \
+                StageThreads(stages, res, settings, progress, executors, lambda: report(progress)) as workers:
             poll_due(feeds, res, progress, force=force_poll)
             report(progress)
-            drain(stages, res, settings, progress, lambda: report(progress), stop)
-            if once:
-                break
-            stop.wait(_seconds_to_next_poll(feeds, res))
+            while not stop.is_set():
+                if once and workers.idle():
+                    break
+                stop.wait(0.1 if once else min(1.0, _seconds_to_next_poll(feeds, res)))
+                if not once:
+                    poll_due(feeds, res, progress)
     return progress
 
 

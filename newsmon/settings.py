@@ -62,12 +62,14 @@ class ExtractSettings(_Model):
 
 
 class LanguageSettings(_Model):
-    prefix_chars: int = Field(2000, ge=100)  # detect on a bounded prefix: same answer, bounded cost
+    prefix_chars: int = Field(600, ge=100)  # detect on a bounded prefix: same answer, bounded cost
     min_chars: int = Field(40, ge=1)  # fewer letters than this: "und"
+    trials: int = Field(3, ge=1, le=20)  # langdetect random walks averaged (its own default: 7)
 
 
 class RunnerSettings(_Model):
     batch_size: int = Field(50, ge=1, le=10_000)
+    processes: int = Field(2, ge=0, le=64)  # worker processes for CPU-bound pure stages (language); 0 = in-process
     poll_timeout: float = Field(0.5, gt=0)
 
 
