@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import datetime, timezone
 
 from ingest.extract import Extracted, Extractor, decode_html
 from ingest.http import HTML_TYPES, Fetcher
 from newsmon.record import Article, to_iso, utc_now
+
+log = logging.getLogger(__name__)
 
 
 def _page_date(value: str | None) -> str | None:
@@ -35,6 +38,7 @@ def apply_extraction(article: Article, extracted: Extracted) -> Article:
         warnings=list(article.warnings),
     )
     for warning in extracted.warnings:
+        log.warning("%s: %s", article.url, warning)
         updated.warn("extract", warning)
     return updated
 

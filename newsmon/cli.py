@@ -196,7 +196,6 @@ def _print_hits(hits, start: int = 1) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 def extract(paths, as_json) -> None:
     """Extract, detect the language of and tag local HTML files (.html or .html.gz)."""
-    from dataclasses import replace
 
     from enrich.keywords import KeywordTagger
     from enrich.language import detect_language
@@ -255,7 +254,8 @@ def _collect_stats(settings: config.Settings) -> dict:
     from sinks.sqlite_index import SqliteIndex
 
     data = settings.data_dir
-    stats: dict = {"data_dir": str(data), "stages": {}, "index": {}, "feeds": [], "recent_errors": []}
+    stats: dict = {"data_dir": str(data), "stages": {}, "index": {}, "feeds": [], "recent_errors": [],
+                   "recent_warnings": []}
     if not (data / "queue.db").exists():
         return stats
     bus = SqliteBus(data / "queue.db")
@@ -278,6 +278,7 @@ def _collect_stats(settings: config.Settings) -> dict:
     store.close()
     index = SqliteIndex(data / "index.db")
     stats["index"] = {"articles": index.count(), **index.facets()}
+    stats["recent_warnings"] = index.recent_warnings()
     index.close()
     return stats
 
@@ -309,6 +310,10 @@ def _print_stats(stats: dict, brief: bool = False) -> None:
     click.echo(f"\nErrors ({len(errors)} recent):" if errors else "\nErrors: none")
     for err in errors:
         click.echo(f"  [{err['stage']}] {err['item']}: {err['reason']}")
+    if stats["recent_warnings"]:
+        click.echo(f"\nWarnings on indexed articles ({len(stats['recent_warnings'])} recent):")
+        for warning in stats["recent_warnings"]:
+            click.echo(f"  [{warning['stage']}] {warning['item']}: {warning['reason']}")
 
 
 @main.command()

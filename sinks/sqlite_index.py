@@ -192,6 +192,15 @@ class SqliteIndex:
         ]
         return SearchResult(total, hits)
 
+    def recent_warnings(self, limit: int = 20) -> list[dict]:
+        """Indexed articles that carry warnings (e.g. invalid bytes replaced), newest first."""
+        rows = self._conn.execute(
+            "SELECT url, record ->> '$.warnings' FROM articles WHERE json_array_length(record, '$.warnings') > 0 "
+            "ORDER BY indexed DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [{"item": url, **warning} for url, warnings in rows for warning in json.loads(warnings)]
+
     def facets(self) -> dict[str, dict[str, int]]:
         """Article counts per language, source and tag over the whole index."""
         q = self._conn.execute
