@@ -13,6 +13,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,7 @@ class Message:
     key: str
     value: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    timestamp: float = 0.0  # seconds since the epoch, when it was published
 
 
 class Consumer(Protocol):
@@ -53,10 +55,36 @@ class Bus(Protocol):
     def backlog(self, group: str, topic: str) -> int:
         """Messages in ``topic`` that ``group`` has not committed yet."""
 
+    def lag(self, group: str, topic: str) -> dict[int, int]:
+        """The backlog per partition."""
+
+    def size(self, topic: str) -> int:
+        """Messages the topic holds now."""
+
     def recent(self, topic: str, limit: int) -> list[Message]:
         """The last ``limit`` messages of a topic, newest first, without consuming them."""
 
+    def sharding(self, group: str, topic: str) -> Sharding:
+        """How instances of one group split keys between them (the pollers split the feeds)."""
+
     def close(self) -> None: ...
+
+
+class Sharding(Protocol):
+    def owner(self) -> Callable[[str], bool]:
+        """A test for the keys this instance owns now; call it again from time to time."""
+
+    def close(self) -> None: ...
+
+
+class OwnEverything:
+    """Embedded: one process owns every key."""
+
+    def owner(self) -> Callable[[str], bool]:
+        return lambda key: True
+
+    def close(self) -> None:
+        pass
 
 
 _SCHEMA = """
@@ -132,14 +160,20 @@ class SqliteBus:
     def recent(self, topic: str, limit: int) -> list[Message]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT offset, key, value, headers FROM messages WHERE topic = ? ORDER BY offset DESC LIMIT ?",
+                "SELECT offset, key, value, headers, ts FROM messages WHERE topic = ? ORDER BY offset DESC LIMIT ?",
                 (topic, limit),
             ).fetchall()
-        return [Message(topic, 0, off, key, value, json.loads(h)) for off, key, value, h in rows]
+        return [Message(topic, 0, off, key, value, json.loads(h), ts) for off, key, value, h, ts in rows]
 
-    def topic_sizes(self) -> dict[str, int]:
+    def sharding(self, group: str, topic: str) -> OwnEverything:
+        return OwnEverything()
+
+    def lag(self, group: str, topic: str) -> dict[int, int]:
+        return {0: self.backlog(group, topic)}
+
+    def size(self, topic: str) -> int:
         with self._lock:
-            return dict(self._conn.execute("SELECT topic, COUNT(*) FROM messages GROUP BY topic"))
+            return self._conn.execute("SELECT COUNT(*) FROM messages WHERE topic = ?", (topic,)).fetchone()[0]
 
     def close(self) -> None:
         self.flush()
@@ -156,11 +190,11 @@ class SqliteBus:
     def _read(self, topic: str, start: int, limit: int) -> list[Message]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT offset, key, value, headers FROM messages WHERE topic = ? AND offset >= ? "
+                "SELECT offset, key, value, headers, ts FROM messages WHERE topic = ? AND offset >= ? "
                 "ORDER BY offset LIMIT ?",
                 (topic, start, limit),
             ).fetchall()
-        return [Message(topic, 0, off, key, value, json.loads(h)) for off, key, value, h in rows]
+        return [Message(topic, 0, off, key, value, json.loads(h), ts) for off, key, value, h, ts in rows]
 
     def _commit(self, group: str, positions: dict[str, int]) -> None:
         with self._lock, self._conn:

@@ -28,11 +28,22 @@ def _setup_logging(verbose: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "trafilatura", "htmldate", "charset_normalizer", "pebble"):
+    for noisy in ("httpx", "httpcore", "trafilatura", "htmldate", "charset_normalizer", "pebble", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python logs each dropped connection and protocol probe at ERROR and then retries by itself;
+    # failures that matter reach us as exceptions.
+    logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
 
 
-def _load(**overrides) -> config.Settings:
+def _bus_option(command):
+    return click.option(
+        "--bus", help="embedded (default) or kafka://HOST:PORT[,HOST:PORT]; also $NEWSMON_BUS."
+    )(command)
+
+
+def _load(bus: str | None = None, **overrides) -> config.Settings:
+    if bus:
+        overrides["bus"] = bus
     try:
         return config.load(overrides=overrides)
     except config.ConfigError as exc:
@@ -91,12 +102,16 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--port", default=8765, show_default=True, help="Port of the sample site on 127.0.0.1 (article URLs include it).")
-def demo(port: int) -> None:
-    """Serve the bundled sample news site on 127.0.0.1 and run the whole pipeline over it once."""
+@_bus_option
+def demo(port: int, bus: str | None) -> None:
+    """Serve the bundled sample news site on 127.0.0.1 and run the whole pipeline over it once.
+
+    On Kafka every stage runs as its own process, as it would in production.
+    """
     from newsmon.demo import DemoSite, demo_feeds
     from newsmon.pipeline import run
 
-    settings = _load(**{"fetch.allow_private": ["127.0.0.1/32"]})  # the sample site is on loopback, on purpose
+    settings = _load(bus, **{"fetch.allow_private": ["127.0.0.1/32"]})  # the sample site is on loopback, on purpose
     stop = _stop_on_signals()
     reporter = _Reporter()
     try:
@@ -104,9 +119,12 @@ def demo(port: int) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot serve the sample site on 127.0.0.1:{port}: {exc} (try --port)") from None
     with site:
-        click.echo(f"Sample news site on {site.base_url}; data in {settings.data_dir}/", err=True)
+        click.echo(f"Sample news site on {site.base_url}; bus {settings.pipeline.bus}; data in {settings.data_dir}/", err=True)
         feeds = [config.Feed(**f) for f in demo_feeds(site.base_url)]
-        progress = run(settings, feeds, once=True, stop=stop, report=reporter, force_poll=True)
+        if settings.pipeline.bus == "embedded":
+            progress = run(settings, feeds, once=True, stop=stop, report=reporter, force_poll=True)
+        else:
+            progress = _demo_on_kafka(settings, feeds, stop, reporter)
     reporter.finish(progress)
     click.echo(f"\nThis run: {progress.discovered} new articles discovered, "
                f"{progress.done['index']} indexed, {sum(progress.failed.values())} failed.")
@@ -120,13 +138,47 @@ def demo(port: int) -> None:
     click.echo("\nTry: newsmon search 'NATO OR OTAN' · newsmon search klima* --lang de · newsmon stats")
 
 
+def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: threading.Event, reporter):
+    from newsmon.pipeline import open_bus, run
+    from newsmon.supervise import start_stages, stop_stages, wait_until_drained
+    from sinks.sqlite_index import SqliteIndex
+
+    names = ["extract", "language", "tag", "index"]
+    env = {"NEWSMON_BUS": settings.pipeline.bus, "NEWSMON_DATA_DIR": str(settings.data_dir),
+           "NEWSMON_CONFIG_DIR": str(settings.config_dir), "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32"}
+    index_path = settings.data_dir / "index.db"
+    before = SqliteIndex(index_path).count() if index_path.exists() else 0
+    procs = start_stages(names, env)
+    try:
+        progress = run(settings, feeds, names=["poll"], once=True, stop=stop, report=reporter, force_poll=True)
+        bus = open_bus(settings)
+
+        def tick():
+            if index_path.exists():
+                progress.done["index"] = SqliteIndex(index_path).count() - before
+                reporter(progress)
+
+        try:
+            wait_until_drained(bus, names, procs, timeout=300, stop=stop, on_tick=tick)
+            progress.failed["extract"] = 0
+        finally:
+            bus.close()
+    finally:
+        codes = stop_stages(procs)
+    if any(codes):
+        raise click.ClickException(f"stage processes exited with {codes}")
+    progress.done["index"] = SqliteIndex(index_path).count() - before
+    return progress
+
+
 @main.command("run")
 @click.option("--once", is_flag=True, help="Poll every feed once, process everything, and exit.")
-def run_command(once: bool) -> None:
-    """Poll the configured feeds and process articles continuously until stopped (Ctrl-C)."""
+@_bus_option
+def run_command(once: bool, bus: str | None) -> None:
+    """Poll the configured feeds and run every stage in this process until stopped (Ctrl-C, SIGTERM)."""
     from newsmon.pipeline import run
 
-    settings = _load()
+    settings = _load(bus)
     if not settings.feeds:
         raise click.ClickException(f"{settings.config_dir / 'feeds.yaml'}: no feeds configured")
     stop = _stop_on_signals()
@@ -136,6 +188,29 @@ def run_command(once: bool) -> None:
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     reporter.finish(progress)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["poll", "extract", "language", "tag", "index"]))
+@_bus_option
+def stage(name: str, bus: str | None) -> None:
+    """Run one stage until stopped (SIGTERM/Ctrl-C: finish the batch, commit, leave the group, exit 0).
+
+    \b
+    poll      feeds -> articles.discovered (instances split the feeds between them)
+    extract   articles.discovered -> articles.extracted (fetch the page, trafilatura)
+    language  articles.extracted -> articles.detected (langdetect)
+    tag       articles.detected -> articles.tagged (keyword topics)
+    index     articles.tagged -> the search index
+    """
+    from newsmon.pipeline import run
+
+    settings = _load(bus)
+    stop = _stop_on_signals()
+    try:
+        run(settings, settings.feeds, names=[name], once=False, stop=stop)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -250,44 +325,52 @@ def extract(paths, as_json) -> None:
 
 def _collect_stats(settings: config.Settings) -> dict:
     from ingest.feeds import FeedStore
-    from newsmon.pipeline import DETECTED, DISCOVERED, EXTRACTED, TAGGED
+    from newsmon.pipeline import CONSUMED, open_bus
     from sinks.sqlite_index import SqliteIndex
 
     data = settings.data_dir
-    stats: dict = {"data_dir": str(data), "stages": {}, "index": {}, "feeds": [], "recent_errors": [],
-                   "recent_warnings": []}
-    if not (data / "queue.db").exists():
-        return stats
-    bus = SqliteBus(data / "queue.db")
-    for stage, topic in (("extract", DISCOVERED), ("language", EXTRACTED), ("tag", DETECTED), ("index", TAGGED)):
-        stats["stages"][stage] = {"consumes": topic, "backlog": bus.backlog(stage, topic)}
-    sizes = bus.topic_sizes()
-    stats["dead_letters"] = sizes.get(DEAD_LETTERS, 0)
-    for message in bus.recent(DEAD_LETTERS, 20):
-        record = {"at": message.headers.get("failed_at"), "stage": message.headers.get("stage"),
-                  "item": _url_of(message.value) or message.key, "reason": message.headers.get("error")}
-        stats["recent_errors"].append(record)
-    bus.close()
-    store = FeedStore(data / "state.db")
-    for state in store.all():
-        stats["feeds"].append({"name": state.name, "url": state.url, "last_status": state.last_status,
-                               "failures": state.failures, "last_error": state.last_error,
-                               "new_last_poll": state.entries_new})
-        if state.last_error:
-            stats["recent_errors"].append({"at": None, "stage": "poll", "item": state.url, "reason": state.last_error})
-    store.close()
-    index = SqliteIndex(data / "index.db")
-    stats["index"] = {"articles": index.count(), **index.facets()}
-    stats["recent_warnings"] = index.recent_warnings()
-    index.close()
+    stats: dict = {"data_dir": str(data), "bus": settings.pipeline.bus, "stages": {}, "dead_letters": 0,
+                   "index": {}, "feeds": [], "recent_errors": [], "recent_warnings": []}
+    if settings.pipeline.bus != "embedded" or (data / "queue.db").exists():
+        bus = open_bus(settings)
+        try:
+            for stage, topic in CONSUMED.items():
+                lag = bus.lag(stage, topic)
+                stats["stages"][stage] = {"consumes": topic, "backlog": sum(lag.values()), "lag_per_partition": lag}
+            stats["dead_letters"] = bus.size(DEAD_LETTERS)
+            stats["recent_errors"] = [_dead_letter_summary(m) for m in bus.recent(DEAD_LETTERS, 20)]
+        finally:
+            bus.close()
+    if (data / "state.db").exists():
+        store = FeedStore(data / "state.db")
+        for state in store.all():
+            stats["feeds"].append({"name": state.name, "url": state.url, "last_status": state.last_status,
+                                   "failures": state.failures, "last_error": state.last_error,
+                                   "new_last_poll": state.entries_new})
+            if state.last_error:
+                stats["recent_errors"].append({"at": None, "stage": "poll", "item": state.url, "reason": state.last_error})
+        store.close()
+    if (data / "index.db").exists():
+        index = SqliteIndex(data / "index.db")
+        stats["index"] = {"articles": index.count(), **index.facets()}
+        stats["recent_warnings"] = index.recent_warnings()
+        index.close()
     return stats
+
+
+def _dead_letter_summary(message) -> dict:
+    h = message.headers
+    return {"at": h.get("failed_at"), "stage": h.get("stage"), "item": _url_of(message.value) or message.key,
+            "reason": h.get("error"), "source": f"{h.get('topic')}[{h.get('partition')}]@{h.get('offset')}",
+            "attempts": int(h.get("attempts", "1"))}
 
 
 def _url_of(raw: bytes) -> str | None:
     try:
-        return json.loads(raw).get("url")
+        url = json.loads(raw).get("url")
     except (ValueError, AttributeError):
         return None
+    return url if isinstance(url, str) else None
 
 
 def _print_stats(stats: dict, brief: bool = False) -> None:
@@ -298,9 +381,11 @@ def _print_stats(stats: dict, brief: bool = False) -> None:
         if counts:
             click.echo(f"  per {facet}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if not brief:
-        click.echo("\nStages (backlog = records waiting):")
+        click.echo(f"\nStages on {stats['bus']} (backlog = records waiting; lag per partition on Kafka):")
         for name, stage in stats["stages"].items():
-            click.echo(f"  {name:<9} {stage['backlog']:>6}   reads {stage['consumes']}")
+            parts = stage["lag_per_partition"]
+            detail = "  " + " ".join(f"p{p}:{n}" for p, n in sorted(parts.items())) if len(parts) > 1 else ""
+            click.echo(f"  {name:<9} {stage['backlog']:>6}   reads {stage['consumes']}{detail}")
         click.echo(f"  dead letters: {stats.get('dead_letters', 0)}")
         click.echo("\nFeeds:")
         for feed in stats["feeds"]:
@@ -318,13 +403,88 @@ def _print_stats(stats: dict, brief: bool = False) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-def stats(as_json: bool) -> None:
-    """Counts per stage, language, tag and source, feed status, and recent errors."""
-    collected = _collect_stats(_load())
+@_bus_option
+def stats(as_json: bool, bus: str | None) -> None:
+    """Backlog per stage (lag per partition on Kafka), counts per language, tag and source, feeds, errors."""
+    collected = _collect_stats(_load(bus))
     if as_json:
         click.echo(json.dumps(collected, ensure_ascii=False, indent=2))
     else:
         _print_stats(collected)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: records a stage could not process, with the reason."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_bus_option
+def dlq_list(limit: int, as_json: bool, bus: str | None) -> None:
+    """The most recent dead letters, newest first."""
+    from newsmon.pipeline import open_bus
+
+    settings = _load(bus)
+    messages = open_bus(settings).recent(DEAD_LETTERS, limit)
+    for message in messages:
+        summary = _dead_letter_summary(message)
+        if as_json:
+            click.echo(json.dumps(summary, ensure_ascii=False))
+        else:
+            click.echo(f"{summary['at']} [{summary['stage']}] {summary['item']} (from {summary['source']}, "
+                       f"attempt {summary['attempts']}): {summary['reason']}")
+    if not as_json:
+        click.echo(f"{len(messages)} dead letter(s) shown", err=True)
+
+
+@dlq.command("replay")
+@_bus_option
+def dlq_replay(bus: str | None) -> None:
+    """Send every dead letter not replayed yet back to the topic it came from (attempt count + 1)."""
+    from newsmon.pipeline import open_bus
+
+    settings = _load(bus)
+    bus_ = open_bus(settings)
+    consumer = bus_.consumer("dlq-replay", [DEAD_LETTERS])
+    replayed, deadline = 0, time.monotonic() + 120
+    try:
+        while bus_.backlog("dlq-replay", DEAD_LETTERS) and time.monotonic() < deadline:
+            batch = consumer.poll(500, timeout=1.0)
+            for message in batch:
+                headers = {k: v for k, v in message.headers.items() if k in ("stage",)}
+                headers["attempts"] = str(int(message.headers.get("attempts", "1")) + 1)
+                bus_.publish(message.headers["topic"], message.key, message.value, headers)
+            bus_.flush()  # back on their topics before the dead letters are marked as replayed
+            consumer.commit(batch)
+            replayed += len(batch)
+    finally:
+        consumer.close()
+        bus_.close()
+    click.echo(f"replayed {replayed} dead letter(s)")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics of the pipeline."""
+
+
+@topics.command("create")
+@_bus_option
+def topics_create(bus: str | None) -> None:
+    """Create the pipeline's topics with the partitions and replication set in pipeline.yaml (kafka: ...)."""
+    from newsmon.kafka_bus import create_topics
+    from newsmon.pipeline import ALL_TOPICS
+
+    settings = _load(bus)
+    if settings.pipeline.bus == "embedded":
+        click.echo("the embedded bus needs no topics")
+        return
+    k = settings.pipeline.kafka
+    for topic, outcome in create_topics(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions,
+                                        k.replication).items():
+        click.echo(f"{topic}: {outcome}")
 
 
 if __name__ == "__main__":

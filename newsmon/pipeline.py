@@ -1,12 +1,13 @@
-"""The pipeline, in order, and the embedded runner that drives it in one process.
+"""The pipeline, in order, and the runner that drives any selection of its stages.
 
     feeds ──poll──▶ discovered ──extract──▶ extracted ──language──▶ detected ──tag──▶ tagged ──index──▶ search index
                                      (fetch page, trafilatura)                                     (SQLite FTS5)
 
 Each arrow after ``poll`` is a ``Stage``: a plain function of an article record
 (``ingest.pages``, ``enrich.language``, ``enrich.keywords``) or a sink
-(``sinks.sqlite_index``), linked by bus topics. Embedded, the bus is SQLite in
-the data directory and all stages take turns in this process.
+(``sinks.sqlite_index``), linked by bus topics. On the embedded bus (SQLite in the
+data directory) one process runs them all; on Kafka each stage can run as its own
+process (``newsmon stage NAME``), and as many instances of it as there are partitions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from ingest.extract import Extractor
 from ingest.feeds import FeedStore, due_feeds, poll_feed
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
-from newsmon.bus import Bus, SqliteBus
+from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
 from newsmon.runner import Stage, process_batch, worker_context
 from newsmon.settings import ConfigError, Feed, Settings
 from sinks.sqlite_index import SqliteIndex
@@ -39,59 +40,78 @@ DISCOVERED = "articles.discovered"
 EXTRACTED = "articles.extracted"
 DETECTED = "articles.detected"
 TAGGED = "articles.tagged"
+FEED_SHARDS = "feed-shards"  # no messages: its partitions split the feeds between poller instances
+STAGE_NAMES = ("poll", "extract", "language", "tag", "index")
+CONSUMED = {"extract": DISCOVERED, "language": EXTRACTED, "tag": DETECTED, "index": TAGGED}
+ALL_TOPICS = (DISCOVERED, EXTRACTED, DETECTED, TAGGED, DEAD_LETTERS, FEED_SHARDS)
 
 
 @dataclass
 class Resources:
-    """The edges of the pipeline: everything that does I/O."""
+    """The edges of the pipeline: everything that does I/O. A stage process opens only what it needs."""
 
     bus: Bus
-    feeds: FeedStore
-    fetcher: Fetcher
-    extractor: Extractor
-    index: SqliteIndex
-    tagger: KeywordTagger
+    feeds: FeedStore | None = None
+    fetcher: Fetcher | None = None
+    extractor: Extractor | None = None
+    index: SqliteIndex | None = None
+    tagger: KeywordTagger | None = None
 
 
-def build_stages(settings: Settings, res: Resources) -> list[Stage]:
+def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAGE_NAMES) -> list[Stage]:
     p = settings.pipeline
-    return [
-        Stage(
-            "extract",
-            DISCOVERED,
-            EXTRACTED,
-            partial(fetch_and_extract, fetcher=res.fetcher, extractor=res.extractor, retries=p.fetch.retries),
-            concurrency=p.fetch.concurrency,
-        ),
-        Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language), cpu_bound=True),
-        Stage("tag", DETECTED, TAGGED, res.tagger.tag),
-        Stage("index", TAGGED, deliver=res.index.upsert_many),
-    ]
+    stages = []
+    if "extract" in names:
+        fetch = partial(fetch_and_extract, fetcher=res.fetcher, extractor=res.extractor, retries=p.fetch.retries)
+        stages.append(Stage("extract", DISCOVERED, EXTRACTED, fetch, concurrency=p.fetch.concurrency))
+    if "language" in names:
+        stages.append(Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language), cpu_bound=True))
+    if "tag" in names:
+        stages.append(Stage("tag", DETECTED, TAGGED, res.tagger.tag))
+    if "index" in names:
+        stages.append(Stage("index", TAGGED, deliver=res.index.upsert_many))
+    return stages
+
+
+def open_bus(settings: Settings) -> Bus:
+    bus, p = settings.pipeline.bus, settings.pipeline
+    if bus == "embedded":
+        return SqliteBus(settings.data_dir / "queue.db")
+    from newsmon.kafka_bus import KafkaBus  # kafka-python is only imported when Kafka is used
+
+    return KafkaBus(bus, prefix=p.kafka.prefix, session_timeout_ms=p.kafka.session_timeout_ms,
+                    max_poll_interval_ms=int(1000 * max(300, 2 * p.worst_batch_seconds())))
 
 
 @contextmanager
-def open_embedded(settings: Settings):
-    """Open every resource of the embedded pipeline; one process at a time per data directory."""
-    if not settings.pipeline.bus.startswith("embedded"):
-        raise ConfigError(f"bus {settings.pipeline.bus!r}: only the embedded bus is available in this version")
+def open_pipeline(settings: Settings, names: Iterable[str] = STAGE_NAMES):
+    """Open what the named stages need. On the embedded bus one process owns the data directory."""
+    names = set(names)
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        lock = stack.enter_context(open(data / ".lock", "w"))
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{data}: another newsmon process is running on this data directory") from None
-        res = Resources(
-            bus=SqliteBus(data / "queue.db"),
-            feeds=FeedStore(data / "state.db"),
-            fetcher=Fetcher(settings.pipeline.fetch),
-            extractor=Extractor(settings.pipeline.extract),
-            index=SqliteIndex(data / "index.db"),
-            tagger=KeywordTagger(settings.topics),
-        )
-        for closer in (res.bus.close, res.feeds.close, res.fetcher.close, res.extractor.close, res.index.close):
-            stack.callback(closer)
+        if settings.pipeline.bus == "embedded":
+            lock = stack.enter_context(open(data / ".lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{data}: another newsmon process is running on this data directory") from None
+        res = Resources(bus=open_bus(settings))
+        stack.callback(res.bus.close)
+        if "poll" in names:
+            res.feeds = FeedStore(data / "state.db")
+            stack.callback(res.feeds.close)
+        if names & {"poll", "extract"}:
+            res.fetcher = Fetcher(settings.pipeline.fetch)
+            stack.callback(res.fetcher.close)
+        if "extract" in names:
+            res.extractor = Extractor(settings.pipeline.extract)
+            stack.callback(res.extractor.close)
+        if "tag" in names:
+            res.tagger = KeywordTagger(settings.topics)
+        if "index" in names:
+            res.index = SqliteIndex(data / "index.db")
+            stack.callback(res.index.close)
         yield res
 
 
@@ -111,8 +131,11 @@ class Progress:
         )
 
 
-def poll_due(feeds: list[Feed], res: Resources, progress: Progress, *, force: bool = False) -> None:
-    for feed in feeds if force else due_feeds(feeds, res.feeds):
+def poll_due(feeds: list[Feed], res: Resources, progress: Progress, owns: Callable[[str], bool] = lambda url: True,
+             *, force: bool = False) -> None:
+    """Poll the feeds that are due (all of them with ``force``) among those this instance owns."""
+    mine = [feed for feed in feeds if owns(feed.url)]
+    for feed in mine if force else due_feeds(mine, res.feeds):
         result = poll_feed(feed, res.fetcher, res.feeds)
         progress.feeds_polled += 1
         progress.feed_errors += result.error is not None
@@ -128,7 +151,9 @@ def stage_executors(stages: list[Stage], settings: Settings):
     """Threads for I/O-bound stages and worker processes for CPU-bound ones, for the whole run."""
     workers = settings.pipeline.runner.processes
     with ExitStack() as stack:
-        threads = stack.enter_context(ThreadPoolExecutor(max(s.concurrency for s in stages), thread_name_prefix="stage"))
+        threads = stack.enter_context(
+            ThreadPoolExecutor(max(s.concurrency for s in stages), thread_name_prefix="stage")
+        )
         processes = None
         if workers and any(s.cpu_bound for s in stages):
             processes = stack.enter_context(
@@ -189,25 +214,30 @@ class StageThreads:
         return all(self.res.bus.backlog(s.name, s.consumes) == 0 for s in self.stages)
 
 
-def run(settings: Settings, feeds: list[Feed], *, once: bool, stop: threading.Event,
-        report: Callable[[Progress], None] = lambda p: None, force_poll: bool = False) -> Progress:
-    """Poll and process until ``stop`` is set, or, with ``once``, until one round is fully processed.
+def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_NAMES, once: bool,
+        stop: threading.Event, report: Callable[[Progress], None] = lambda p: None, force_poll: bool = False) -> Progress:
+    """Run the named stages until ``stop`` is set, or, with ``once``, until one round is fully processed.
 
     On ``stop`` every stage finishes the batch in hand and commits before this returns.
     """
+    names = list(names)
     progress = Progress()
-    with open_embedded(settings) as res:
-        stages = build_stages(settings, res)
-        with stage_executors(stages, settings) as executors, \
-                StageThreads(stages, res, settings, progress, executors, lambda: report(progress)) as workers:
-            poll_due(feeds, res, progress, force=force_poll)
+    with open_pipeline(settings, names) as res, ExitStack() as stack:
+        stages = build_stages(settings, res, names)
+        executors = stack.enter_context(stage_executors(stages, settings)) if stages else (None, None)
+        workers = stack.enter_context(StageThreads(stages, res, settings, progress, executors, lambda: report(progress)))
+        sharding = res.bus.sharding("poll", FEED_SHARDS) if "poll" in names else None
+        if sharding:
+            stack.callback(sharding.close)
+            poll_due(feeds, res, progress, sharding.owner(), force=force_poll)
             report(progress)
-            while not stop.is_set():
-                if once and workers.idle():
-                    break
-                stop.wait(0.1 if once else min(1.0, _seconds_to_next_poll(feeds, res)))
-                if not once:
-                    poll_due(feeds, res, progress)
+        idle_check = 0.1 if settings.pipeline.bus == "embedded" else 1.0
+        while not stop.is_set():
+            if once and workers.idle():
+                break
+            stop.wait(idle_check if once else 1.0)
+            if sharding and not once:
+                poll_due(feeds, res, progress, sharding.owner())
     return progress
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -21,6 +23,7 @@ from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
 from newsmon.record import Article, RecordError, utc_now
 
 log = logging.getLogger(__name__)
+_HOST = socket.gethostname()
 
 Transform = Callable[[Article], Article]
 # A sink takes a batch and returns the records it rejected, each with the reason.
@@ -80,7 +83,7 @@ def _run_one(stage: Stage, article: Article) -> Article | Exception:
     except Exception as exc:  # one bad record must never stop the stage
         return exc
     result.provenance = article.provenance + [
-        {"stage": stage.name, "at": utc_now(), "ms": round((time.perf_counter() - started) * 1000, 2)}
+        {"stage": stage.name, "at": utc_now(), "ms": round((time.perf_counter() - started) * 1000, 2), "worker": f"{_HOST}:{os.getpid()}"}
     ]
     return result
 

@@ -73,12 +73,36 @@ class RunnerSettings(_Model):
     poll_timeout: float = Field(0.5, gt=0)
 
 
+class KafkaSettings(_Model):
+    prefix: str = "newsmon."  # topic and consumer-group names start with it
+    partitions: int = Field(8, ge=1)  # per topic, for `newsmon topics create`: the most instances a stage can use
+    replication: int = Field(1, ge=1)  # 3 on a production cluster
+    session_timeout_ms: int = Field(10_000, ge=1000)
+
+
 class PipelineSettings(_Model):
-    bus: str = "embedded"
+    bus: str = "embedded"  # or kafka://HOST:PORT[,HOST:PORT...]
+    kafka: KafkaSettings = KafkaSettings()
     fetch: FetchSettings = FetchSettings()
     extract: ExtractSettings = ExtractSettings()
     language: LanguageSettings = LanguageSettings()
     runner: RunnerSettings = RunnerSettings()
+
+    @field_validator("bus")
+    @classmethod
+    def _bus(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith("kafka://"):
+            raise ValueError(f"{value!r}: expected 'embedded' or kafka://HOST:PORT[,HOST:PORT...]")
+        return value
+
+    def worst_batch_seconds(self) -> float:
+        """The longest one batch of the slowest stage (fetch+extract) can take, from the limits set here.
+
+        Kafka's max.poll.interval must be longer, or a slow batch makes the group rebalance.
+        """
+        per_page = (self.fetch.retries + 1) * self.fetch.total_timeout + 8.0 * self.fetch.retries + self.extract.timeout
+        rounds = -(-self.runner.batch_size // self.fetch.concurrency)
+        return rounds * per_page
 
 
 class Feed(_Model):

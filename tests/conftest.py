@@ -49,3 +49,23 @@ def make_settings(config_dir: Path, tmp_path: Path):
         return config.load(config_dir, tmp_path / "data", overrides=values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """kafka://… of a real Kafka-protocol broker: $KAFKA_BOOTSTRAP if set, else librdkafka's mock cluster."""
+    import os
+    import subprocess
+
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield "kafka://" + os.environ["KAFKA_BOOTSTRAP"].removeprefix("kafka://")
+        return
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "kafka_mock.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()  # the helper prints its address first, or exits
+    if not line:
+        proc.kill()
+        pytest.fail("the mock Kafka cluster did not start")
+    yield "kafka://" + line
+    proc.stdin.close()
+    proc.wait(timeout=10)

@@ -1,0 +1,217 @@
+"""The pipeline on a real Kafka-protocol broker: stages as separate OS processes.
+
+The broker is librdkafka's mock cluster (3 brokers on 127.0.0.1) started by the
+``kafka_bootstrap`` fixture, or a real Kafka when $KAFKA_BOOTSTRAP is set. Every test
+uses its own topic prefix, so tests never see each other's messages or groups.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from newsmon.bus import DEAD_LETTERS
+from newsmon.kafka_bus import KafkaBus
+from newsmon.pipeline import DISCOVERED, TAGGED
+from newsmon.record import Article, article_id
+from tests.conftest import EURONEWS_SLUG, NEWSMON, write_feeds
+from tests.sites import Page, TestSite, article_html, rss
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def prefix():
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def env(config_dir, tmp_path, kafka_bootstrap, prefix):
+    (config_dir / "pipeline.yaml").write_text(
+        f"kafka:\n  prefix: '{prefix}'\n  session_timeout_ms: 6000\nextract:\n  workers: 1\n"
+        "runner:\n  batch_size: 10\n  processes: 0\nfetch:\n  concurrency: 4\n"
+    )
+    return {**os.environ, "NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"),
+            "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32", "NEWSMON_BUS": kafka_bootstrap}
+
+
+def env_config(env) -> Path:
+    return Path(env["NEWSMON_CONFIG_DIR"])
+
+
+def _bus(env) -> KafkaBus:
+    prefix = [line.split("'")[1] for line in open(os.path.join(env["NEWSMON_CONFIG_DIR"], "pipeline.yaml")) if "prefix" in line][0]
+    return KafkaBus(env["NEWSMON_BUS"], prefix=prefix, session_timeout_ms=6000)
+
+
+def _start(env, *args, data_dir=None):
+    env = dict(env, NEWSMON_DATA_DIR=data_dir or env["NEWSMON_DATA_DIR"])
+    return subprocess.Popen(NEWSMON + list(args), env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _indexed(env):
+    path = os.path.join(env["NEWSMON_DATA_DIR"], "index.db")
+    if not os.path.exists(path):
+        return []
+    with sqlite3.connect(path) as conn:
+        try:
+            return [json.loads(r[0]) for r in conn.execute("SELECT record FROM articles")]
+        except sqlite3.OperationalError:
+            return []
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _stop(*procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    return [proc.wait(timeout=60) for proc in procs]
+
+
+def _site(count, delay=0.0):
+    routes, items = {}, []
+    for i in range(count):
+        text = f"Dispatch {i}: the council met on Monday to discuss the harbour plan and its budget in detail. " * 3
+        routes[f"/a{i}.html"] = Page(article_html(f"Story {i}", [text, text.replace("Monday", "Tuesday")]), delay=delay)
+        items.append((f"Story {i}", "{{BASE_URL}}/a%d.html" % i))
+    routes["/feed.xml"] = Page(rss(items), headers={"Content-Type": "application/rss+xml"})
+    return TestSite(routes)
+
+
+def test_bus_round_trip_commit_lag_and_rewind(env):
+    bus = _bus(env)
+    for i in range(20):
+        bus.publish("t", f"k{i}", f"v{i}".encode(), {"stage": "test"})
+    bus.flush()
+    consumer = bus.consumer("g", ["t"])
+    got = []
+    _wait_for(lambda: got.extend(consumer.poll(100, timeout=0.5)) or len(got) >= 20, 30, "20 messages")
+    assert sorted(m.key for m in got) == sorted(f"k{i}" for i in range(20))
+    assert got[0].headers == {"stage": "test"}
+    # Keys stay on one partition: each key's partition is stable.
+    assert len({m.partition for m in got}) > 1
+    assert bus.backlog("g", "t") == 20
+    consumer.commit(got[:5])  # commit covers what was processed on each partition up to these
+    committed = bus.backlog("g", "t")
+    assert committed < 20
+    consumer.rewind()
+    again = []
+    _wait_for(lambda: again.extend(consumer.poll(100, timeout=0.5)) or len(again) >= committed, 30, "redelivery")
+    assert len(again) == committed
+    consumer.commit(again)
+    assert bus.backlog("g", "t") == 0
+    assert bus.size("t") == 20 and len(bus.recent("t", 5)) == 5
+    consumer.close()
+    bus.close()
+
+
+def test_demo_over_kafka_with_stages_as_processes(env, tmp_path):
+    result = subprocess.run(NEWSMON + ["demo", "--port", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "14 new articles discovered, 14 indexed, 0 failed" in result.stdout
+    records = _indexed(env)
+    assert len(records) == 14
+    for record in records:
+        assert [p["stage"] for p in record["provenance"]] == ["extract", "language", "tag", "index"]
+    euronews = next(r for r in records if EURONEWS_SLUG in r["url"])
+    assert {"nato", "ukraine"} <= {t["topic"] for t in euronews["tags"]} and euronews["language"] == "fr"
+    search = subprocess.run(NEWSMON + ["search", "securite", "--lang", "fr", "--json"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert EURONEWS_SLUG in search.stdout
+
+
+def test_kill_9_of_extract_and_index_loses_and_duplicates_nothing(env):
+    count = 30
+    with _site(count, delay=0.15) as site:
+        write_feeds(env_config(env), [{"name": "t", "url": site.url("/feed.xml"), "interval": 3600}])
+        stages = {name: _start(env, "stage", name) for name in ("poll", "extract", "language", "tag", "index")}
+        _wait_for(lambda: len(_indexed(env)) >= 5, 120, "the first articles indexed")
+        for name in ("extract", "index"):
+            os.killpg(stages[name].pid, signal.SIGKILL)  # with its extraction workers
+            stages[name].wait()
+        assert len(_indexed(env)) < count, "killed too late to test anything"
+        for name in ("extract", "index"):
+            stages[name] = _start(env, "stage", name)
+        _wait_for(lambda: len(_indexed(env)) == count, 180, f"{count} articles indexed")
+        bus = _bus(env)
+        _wait_for(lambda: bus.backlog("index", TAGGED) == 0, 60, "index committed")
+        assert _stop(*stages.values()) == [0] * 5
+    with sqlite3.connect(os.path.join(env["NEWSMON_DATA_DIR"], "index.db")) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM articles")]
+        fts_rows = conn.execute("SELECT COUNT(*) FROM articles_fts_docsize").fetchone()[0]
+    assert len(ids) == len(set(ids)) == fts_rows == count
+    assert bus.size(DEAD_LETTERS) == 0
+    stats = json.loads(subprocess.run(NEWSMON + ["stats", "--json"], env=env, capture_output=True, text=True,
+                                      timeout=60).stdout)
+    assert stats["index"]["articles"] == count
+    for stage in ("extract", "language", "tag", "index"):
+        lag = stats["stages"][stage]["lag_per_partition"]
+        assert len(lag) > 1 and set(lag.values()) == {0}, (stage, lag)
+
+
+def test_two_tag_instances_share_the_partitions(env):
+    count = 24
+    with _site(count) as site:
+        write_feeds(env_config(env), [{"name": "t", "url": site.url("/feed.xml"), "interval": 3600}])
+        tags = [_start(env, "stage", "tag"), _start(env, "stage", "tag")]
+        others = [_start(env, "stage", name) for name in ("poll", "extract", "language", "index")]
+        _wait_for(lambda: len(_indexed(env)) == count, 180, f"{count} articles indexed")
+        assert _stop(*tags, *others) == [0] * 6
+    workers = {}
+    for record in _indexed(env):
+        tag_steps = [p for p in record["provenance"] if p["stage"] == "tag"]
+        assert len(tag_steps) == 1
+        workers.setdefault(tag_steps[0]["worker"], []).append(record["id"])
+    assert len(workers) == 2, f"one tag instance did all the work: {[len(v) for v in workers.values()]}"
+
+
+def test_poison_message_goes_to_dead_letters_and_the_stream_continues(env):
+    bus = _bus(env)
+    good = article_html("A good one", ["The harbour council approved the budget on Monday after a long debate. " * 4])
+    with TestSite({"/good.html": Page(good)}) as site:
+        url = site.url("/good.html")
+        bus.publish(DISCOVERED, "poison", b"\xff not json at all")
+        bus.publish(DISCOVERED, "bad-schema", json.dumps({"id": "x", "url": 5}).encode())
+        bus.publish(DISCOVERED, article_id(url), Article(id=article_id(url), url=url, canonical_url=url, feed_url="t").to_json())
+        bus.flush()
+        stages = [_start(env, "stage", name) for name in ("extract", "language", "tag", "index")]
+        _wait_for(lambda: len(_indexed(env)) == 1, 120, "the good article indexed")
+        assert _stop(*stages) == [0] * 4
+    letters = {m.key: m.headers for m in bus.recent(DEAD_LETTERS, 10)}
+    assert set(letters) == {"poison", "bad-schema"}
+    assert "undecodable record: message is not JSON" in letters["poison"]["error"]
+    assert "lacks required field" in letters["bad-schema"]["error"]
+    assert letters["poison"]["topic"] == DISCOVERED and letters["poison"]["stage"] == "extract"
+    listed = subprocess.run(NEWSMON + ["dlq", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert {json.loads(line)["item"] for line in listed.stdout.splitlines()} == {"poison", "bad-schema"}
+    replay = subprocess.run(NEWSMON + ["dlq", "replay"], env=env, capture_output=True, text=True, timeout=60)
+    assert "replayed 2 dead letter(s)" in replay.stdout
+    assert bus.size(DISCOVERED) == 5
+
+
+def test_sigterm_commits_leaves_the_group_and_exits_0(env):
+    bus = _bus(env)
+    for i in range(10):
+        bus.publish("articles.detected", f"k{i}", Article(id=f"k{i}", url="u", canonical_url="u", feed_url="f",
+                                                           title=f"NATO {i}").to_json())
+    bus.flush()
+    stage = _start(env, "stage", "tag")
+    _wait_for(lambda: bus.size(TAGGED) >= 10, 60, "10 records tagged")
+    started = time.monotonic()
+    assert _stop(stage) == [0]
+    assert time.monotonic() - started < 30
+    assert bus.backlog("tag", "articles.detected") == 0
