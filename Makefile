@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -44,9 +44,9 @@ class KafkaBus:
             bootstrap_servers=self.servers,
             client_id=client_id,
             acks="all",
+            enable_idempotence=True,  # a retried send is neither duplicated nor reordered on its partition
             linger_ms=5,
-            retries=5,
-            max_in_flight_requests_per_connection=1,  # retries cannot reorder a partition
+            batch_size=64 * 1024,
         )
         self._sent: list[Future] = []
         self._admin_consumer: KafkaConsumer | None = None
