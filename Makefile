@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/es_sink.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

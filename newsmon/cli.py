@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,33 +131,34 @@ def demo(port: int, bus: str | None) -> None:
                f"{progress.done['index']} indexed, {sum(progress.failed.values())} failed.")
     _print_stats(_collect_stats(settings), brief=True)
     click.echo("\nExample: newsmon search securite --lang fr")
-    from sinks.sqlite_index import Filters, SqliteIndex
+    from sinks.sqlite_index import Filters
 
-    index = SqliteIndex(settings.data_dir / "index.db")
-    _print_hits(index.search("securite", Filters(languages=["fr"]), limit=3).hits)
-    index.close()
+    with _reader(settings) as index:
+        _print_hits(index.search("securite", Filters(languages=["fr"]), limit=3).hits)
     click.echo("\nTry: newsmon search 'NATO OR OTAN' · newsmon search klima* --lang de · newsmon stats")
 
 
 def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: threading.Event, reporter):
     from newsmon.pipeline import open_bus, run
     from newsmon.supervise import start_stages, stop_stages, wait_until_drained
-    from sinks.sqlite_index import SqliteIndex
 
     names = ["extract", "language", "tag", "index"]
     env = {"NEWSMON_BUS": settings.pipeline.bus, "NEWSMON_DATA_DIR": str(settings.data_dir),
            "NEWSMON_CONFIG_DIR": str(settings.config_dir), "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32"}
-    index_path = settings.data_dir / "index.db"
-    before = SqliteIndex(index_path).count() if index_path.exists() else 0
+
+    def indexed() -> int:
+        with _reader(settings, required=False) as index:
+            return index.count() if index else 0
+
+    before = indexed()
     procs = start_stages(names, env)
     try:
         progress = run(settings, feeds, names=["poll"], once=True, stop=stop, report=reporter, force_poll=True)
         bus = open_bus(settings)
 
         def tick():
-            if index_path.exists():
-                progress.done["index"] = SqliteIndex(index_path).count() - before
-                reporter(progress)
+            progress.done["index"] = indexed() - before
+            reporter(progress)
 
         try:
             wait_until_drained(bus, names, procs, timeout=300, stop=stop, on_tick=tick)
@@ -167,7 +169,7 @@ def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: th
         codes = stop_stages(procs)
     if any(codes):
         raise click.ClickException(f"stage processes exited with {codes}")
-    progress.done["index"] = SqliteIndex(index_path).count() - before
+    progress.done["index"] = indexed() - before
     return progress
 
 
@@ -230,22 +232,40 @@ def search(query, languages, tags, sources, since, until, sort, limit, offset, a
     QUERY: words (all must match), "exact phrases", a OR b, -excluded, prefix*.
     Case and accents do not matter: securite finds sécurité.
     """
-    from sinks.sqlite_index import Filters, SqliteIndex
+    from sinks.sqlite_index import Filters
 
     filters = Filters(list(languages), list(sources), list(tags), _date(since, "--since"), _date(until, "--until"))
-    settings = _load()
-    path = settings.data_dir / "index.db"
-    if not path.exists():
-        raise click.ClickException(f"{path}: no index yet (run `newsmon demo` or `newsmon run` first)")
-    index = SqliteIndex(path)
-    result = index.search(query, filters, sort=sort, limit=limit, offset=offset)
-    index.close()
+    with _reader(_load()) as index:
+        result = index.search(query, filters, sort=sort, limit=limit, offset=offset)
     if as_json:
         for hit in result.hits:
             click.echo(json.dumps({**hit.summary(), "text": hit.article.text}, ensure_ascii=False))
         return
     click.echo(f"{result.total} match{'es' if result.total != 1 else ''}", err=True)
     _print_hits(result.hits, start=offset + 1)
+
+
+@contextmanager
+def _reader(settings: config.Settings, required: bool = True):
+    """The search index for reading: Elasticsearch if configured, else the embedded one (None if absent)."""
+    from newsmon.pipeline import open_index
+    from newsmon.runner import SinkUnavailable
+    from sinks.elasticsearch import EsError
+
+    index = None
+    try:
+        index = open_index(settings, writer=False)
+        if index is None and required:
+            raise click.ClickException(f"{settings.data_dir / 'index.db'}: no index yet "
+                                       "(run `newsmon demo` or `newsmon run` first)")
+        yield index
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (EsError, SinkUnavailable) as exc:  # the cluster is unreachable or refuses: say which and why
+        raise click.ClickException(f"search index: {exc}") from None
+    finally:
+        if index is not None:
+            index.close()
 
 
 def _date(value: str | None, option: str) -> str | None:
@@ -326,7 +346,6 @@ def extract(paths, as_json) -> None:
 def _collect_stats(settings: config.Settings) -> dict:
     from ingest.feeds import FeedStore
     from newsmon.pipeline import CONSUMED, open_bus
-    from sinks.sqlite_index import SqliteIndex
 
     data = settings.data_dir
     stats: dict = {"data_dir": str(data), "bus": settings.pipeline.bus, "stages": {}, "dead_letters": 0,
@@ -350,11 +369,10 @@ def _collect_stats(settings: config.Settings) -> dict:
             if state.last_error:
                 stats["recent_errors"].append({"at": None, "stage": "poll", "item": state.url, "reason": state.last_error})
         store.close()
-    if (data / "index.db").exists():
-        index = SqliteIndex(data / "index.db")
-        stats["index"] = {"articles": index.count(), **index.facets()}
-        stats["recent_warnings"] = index.recent_warnings()
-        index.close()
+    with _reader(settings, required=False) as index:
+        if index:
+            stats["index"] = {"articles": index.count(), **index.facets()}
+            stats["recent_warnings"] = index.recent_warnings()
     return stats
 
 
@@ -485,6 +503,23 @@ def topics_create(bus: str | None) -> None:
     for topic, outcome in create_topics(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions,
                                         k.replication).items():
         click.echo(f"{topic}: {outcome}")
+
+
+@main.group()
+def es() -> None:
+    """The Elasticsearch/OpenSearch search index."""
+
+
+@es.command("template")
+def es_template() -> None:
+    """Print the index template newsmon installs (mappings, analyzers, read alias), for review or provisioning.
+
+    Install it yourself with: PUT _index_template/<index_prefix> (body: this JSON).
+    """
+    from sinks.elasticsearch import index_template
+
+    prefix = _load().pipeline.elasticsearch.index_prefix
+    click.echo(json.dumps(index_template(prefix), indent=2))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
 from newsmon.bus import Message
@@ -147,23 +147,51 @@ def _message(bus: KafkaBus, record) -> Message:
                    (record.key or b"").decode("utf-8", "replace"), record.value, headers, record.timestamp / 1000)
 
 
+class _LogAssignments(ConsumerRebalanceListener):
+    """Operators see which partitions each instance holds, and when that changes."""
+
+    def __init__(self, group: str):
+        self.group = group
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        held = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        log.info("%s: this instance consumes %s", self.group, ", ".join(held) or "nothing (more instances than partitions)")
+
+
 class KafkaBusConsumer:
     def __init__(self, bus: KafkaBus, group: str, topics: list[str]):
         self._bus = bus
         self.group = group
-        self._consumer = KafkaConsumer(
-            *[bus.topic(t) for t in topics],
-            bootstrap_servers=bus.servers,
-            client_id=f"{bus.client_id}-{group}",
-            group_id=bus.topic(group),
+        self._topics = [bus.topic(t) for t in topics]
+        self._consumer = self._join()
+
+    def _join(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self._bus.servers,
+            client_id=f"{self._bus.client_id}-{self.group}",
+            group_id=self._bus.topic(self.group),
             enable_auto_commit=False,  # commit after processing, never before
             auto_offset_reset="earliest",
-            max_poll_interval_ms=bus.max_poll_interval_ms,
-            session_timeout_ms=bus.session_timeout_ms,
+            max_poll_interval_ms=self._bus.max_poll_interval_ms,
+            session_timeout_ms=self._bus.session_timeout_ms,
         )
+        consumer.subscribe(self._topics, listener=_LogAssignments(self.group))
+        return consumer
 
     def poll(self, max_records: int, timeout: float = 0.0) -> list[Message]:
-        batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except KafkaError as exc:
+            # A failed group join is no reason to exit. Nothing uncommitted is lost by leaving:
+            # a fresh member rejoins cleanly (where a half-joined one can stay stuck) and resumes
+            # from the group's last commit.
+            log.warning("%s: consumer poll failed, rejoining the group: %r", self.group, exc)
+            self._consumer.close(autocommit=False)
+            self._consumer = self._join()
+            return []
         return [_message(self._bus, r) for records in batches.values() for r in records]
 
     def commit(self, messages: list[Message]) -> None:
@@ -202,14 +230,19 @@ class KafkaSharding:
     """
 
     def __init__(self, bus: KafkaBus, group: str, topic: str):
+        self._bus, self._group, self._topic = bus, group, bus.topic(topic)
         self._session_s = bus.session_timeout_ms / 1000 + 5
-        self._consumer = KafkaConsumer(
-            bus.topic(topic), bootstrap_servers=bus.servers, group_id=bus.topic(group),
-            client_id=f"{bus.client_id}-{group}", enable_auto_commit=False,
+        self._consumer = self._join()
+        self._joined = False
+        self._owned: tuple[set[int], int] = (set(), 0)
+
+    def _join(self) -> KafkaConsumer:
+        bus = self._bus
+        return KafkaConsumer(
+            self._topic, bootstrap_servers=bus.servers, group_id=bus.topic(self._group),
+            client_id=f"{bus.client_id}-{self._group}", enable_auto_commit=False,
             max_poll_interval_ms=bus.max_poll_interval_ms, session_timeout_ms=bus.session_timeout_ms,
         )
-        self._topic = bus.topic(topic)
-        self._joined = False
 
     def owner(self) -> Callable[[str], bool]:
         """Keep the membership alive and return a test for the keys currently owned.
@@ -218,15 +251,28 @@ class KafkaSharding:
         """
         deadline = time.monotonic() + (0 if self._joined else self._session_s)
         while True:
-            self._consumer.poll(timeout_ms=100)
+            try:
+                self._consumer.poll(timeout_ms=100)
+            except KafkaError as exc:
+                # Owning nothing for a round is safe (another member or the next round polls); crashing is
+                # not. A fresh member rejoins cleanly where a half-joined one can stay stuck.
+                log.warning("feed shards: group membership failed, rejoining: %r", exc)
+                self._consumer.close(autocommit=False)
+                self._consumer, self._joined = self._join(), False
+                return lambda key: False
             if self._consumer.assignment() or time.monotonic() >= deadline:
                 break
         self._joined = True
         mine = {tp.partition for tp in self._consumer.assignment()}
         count = len(self._consumer.partitions_for_topic(self._topic) or ())
+        if (mine, count) != self._owned:
+            log.info("feed shards: this poller owns partitions %s of %d", sorted(mine), count)
+            self._owned = (mine, count)
         if not mine or not count:
             return lambda key: False
-        return lambda key: zlib.crc32(key.encode()) % count in mine
+        # Kafka's own key hash (murmur2): crc32 puts URLs that differ in a digit on the same few partitions.
+        partitions = list(range(count))
+        return lambda key: DefaultPartitioner()(key.encode(), partitions, partitions) in mine
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
@@ -30,9 +31,14 @@ from ingest.feeds import FeedStore, due_feeds, poll_feed
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
-from newsmon.runner import Stage, process_batch, worker_context
+from newsmon.runner import SinkUnavailable, Stage, process_batch, worker_context
 from newsmon.settings import ConfigError, Feed, Settings
 from sinks.sqlite_index import SqliteIndex
+
+if TYPE_CHECKING:
+    from sinks.elasticsearch import EsIndex
+
+    SearchIndex = SqliteIndex | EsIndex  # the same search interface on both
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ class Resources:
     feeds: FeedStore | None = None
     fetcher: Fetcher | None = None
     extractor: Extractor | None = None
-    index: SqliteIndex | None = None
+    index: SearchIndex | None = None
     tagger: KeywordTagger | None = None
 
 
@@ -69,7 +75,9 @@ def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAG
     if "tag" in names:
         stages.append(Stage("tag", DETECTED, TAGGED, res.tagger.tag))
     if "index" in names:
-        stages.append(Stage("index", TAGGED, deliver=res.index.upsert_many))
+        es = p.elasticsearch
+        batching = {"batch_size": es.bulk_docs, "linger": es.flush_seconds} if es.url else {}
+        stages.append(Stage("index", TAGGED, deliver=res.index.upsert_many, **batching))
     return stages
 
 
@@ -81,6 +89,29 @@ def open_bus(settings: Settings) -> Bus:
 
     return KafkaBus(bus, prefix=p.kafka.prefix, session_timeout_ms=p.kafka.session_timeout_ms,
                     max_poll_interval_ms=int(1000 * max(300, 2 * p.worst_batch_seconds())))
+
+
+def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None:
+    """The search index: Elasticsearch when configured, else SQLite in the data directory.
+
+    The writer (the index stage) starts even while Elasticsearch is down and reports itself
+    unhealthy until it is back; a reader fails at once with the reason. A reader gets None
+    when there is no embedded index yet.
+    """
+    es = settings.pipeline.elasticsearch
+    if es.url:
+        from sinks.elasticsearch import EsError, EsIndex  # only imported when configured
+
+        index = EsIndex(es)
+        try:
+            return index.try_connect() if writer else index.connect(install=False)
+        except EsError as exc:  # unsupported version, bad credentials: the operator must act
+            index.close()
+            raise ConfigError(f"search index: {exc}") from None
+    path = settings.data_dir / "index.db"
+    if not writer and not path.exists():
+        return None
+    return SqliteIndex(path)
 
 
 @contextmanager
@@ -110,7 +141,7 @@ def open_pipeline(settings: Settings, names: Iterable[str] = STAGE_NAMES):
         if "tag" in names:
             res.tagger = KeywordTagger(settings.topics)
         if "index" in names:
-            res.index = SqliteIndex(data / "index.db")
+            res.index = open_index(settings)
             stack.callback(res.index.close)
         yield res
 
@@ -194,11 +225,14 @@ class StageThreads:
         while not self._stop.is_set():
             try:
                 result = process_batch(
-                    stage, self.res.bus, consumer, max_records=runner.batch_size, timeout=runner.poll_timeout,
-                    threads=self.threads_pool, processes=self.processes,
+                    stage, self.res.bus, consumer, max_records=stage.batch_size or runner.batch_size,
+                    timeout=runner.poll_timeout, threads=self.threads_pool, processes=self.processes,
                 )
-            except Exception:
-                log.exception("stage %s failed; its batch will be retried", stage.name)
+            except Exception as exc:
+                if isinstance(exc, SinkUnavailable):  # expected during an outage: the reason, no traceback
+                    log.warning("stage %s: sink unavailable, its batch will be retried: %s", stage.name, exc)
+                else:
+                    log.exception("stage %s failed; its batch will be retried", stage.name)
                 consumer.rewind()
                 self._stop.wait(1.0)
                 continue

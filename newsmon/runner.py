@@ -25,6 +25,11 @@ from newsmon.record import Article, RecordError, utc_now
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 
+class SinkUnavailable(Exception):
+    """A sink cannot take the batch now (its server is down or overloaded). Nothing of the batch
+    is committed; the runner delivers it again later."""
+
+
 Transform = Callable[[Article], Article]
 # A sink takes a batch and returns the records it rejected, each with the reason.
 Deliver = Callable[[list[Article]], list[tuple[Article, str]]]
@@ -49,6 +54,8 @@ class Stage:
     deliver: Deliver | None = None
     concurrency: int = 1  # threads for I/O-bound transforms (fetching)
     cpu_bound: bool = False  # pure and CPU-heavy: run in worker processes when the runner has them
+    batch_size: int | None = None  # records per batch, if not the runner's default (a sink's bulk size)
+    linger: float = 0.0  # wait up to this long for a full batch (sinks that prefer few large writes)
 
 
 @dataclass
@@ -104,6 +111,10 @@ def process_batch(
     stages in ``processes``, so they use every core despite the GIL.
     """
     messages = consumer.poll(max_records, timeout)
+    if stage.linger and messages:
+        deadline = time.monotonic() + stage.linger
+        while len(messages) < max_records and (left := deadline - time.monotonic()) > 0:
+            messages += consumer.poll(max_records - len(messages), min(left, timeout))
     stats = BatchResult(consumed=len(messages))
     if not messages:
         return stats

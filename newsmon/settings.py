@@ -6,8 +6,8 @@ Files (all in ``NEWSMON_CONFIG_DIR``, default ``./config``):
 - ``keywords.yaml``: the topics the tagger marks.
 
 Environment overrides: ``NEWSMON_DATA_DIR`` (default ``./data``), ``NEWSMON_CONFIG_DIR``,
-``NEWSMON_BUS``, ``NEWSMON_ALLOW_PRIVATE`` (comma-separated CIDRs the fetcher may reach),
-``NEWSMON_USER_AGENT``.
+``NEWSMON_BUS``, ``NEWSMON_ES_URL`` (search index on Elasticsearch instead of SQLite),
+``NEWSMON_ALLOW_PRIVATE`` (comma-separated CIDRs the fetcher may reach), ``NEWSMON_USER_AGENT``.
 
 Every validation error names the file, the key and what is wrong.
 """
@@ -80,8 +80,33 @@ class KafkaSettings(_Model):
     session_timeout_ms: int = Field(10_000, ge=1000)
 
 
+class ElasticsearchSettings(_Model):
+    """The search index on Elasticsearch/OpenSearch, used instead of the embedded one when ``url`` is set.
+
+    Credentials are not set here: NEWSMON_ES_API_KEY, or NEWSMON_ES_USERNAME and NEWSMON_ES_PASSWORD.
+    """
+
+    url: str = ""  # e.g. https://es.example.org:9200
+    ca_file: str | None = None  # CA bundle for a cluster with its own certificate authority
+    index_prefix: str = Field("newsmon-articles", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    bulk_docs: int = Field(500, ge=1, le=10_000)  # documents per bulk request, at most
+    bulk_bytes: int = Field(5_000_000, ge=10_000)  # bytes per bulk request, at most
+    flush_seconds: float = Field(1.0, gt=0)  # wait this long to fill a batch before sending a smaller one
+    request_timeout: float = Field(30.0, gt=0)
+    backoff_max: float = Field(30.0, gt=0)  # longest wait between retries
+    give_up_after: float = Field(60.0, gt=0)  # then the batch goes back to the queue, to be retried later
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
 class PipelineSettings(_Model):
     bus: str = "embedded"  # or kafka://HOST:PORT[,HOST:PORT...]
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     kafka: KafkaSettings = KafkaSettings()
     fetch: FetchSettings = FetchSettings()
     extract: ExtractSettings = ExtractSettings()
@@ -178,6 +203,8 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
     raw = pipeline.model_dump()
     if env.get("NEWSMON_BUS"):
         raw["bus"] = env["NEWSMON_BUS"]
+    if env.get("NEWSMON_ES_URL") is not None:
+        raw["elasticsearch"]["url"] = env["NEWSMON_ES_URL"]
     if env.get("NEWSMON_USER_AGENT"):
         raw["fetch"]["user_agent"] = env["NEWSMON_USER_AGENT"]
     if env.get("NEWSMON_ALLOW_PRIVATE") is not None:

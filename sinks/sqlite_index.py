@@ -93,6 +93,7 @@ class Hit:
 class SearchResult:
     total: int
     hits: list[Hit] = field(default_factory=list)
+    facets: dict[str, dict[str, int]] = field(default_factory=dict)  # counts per language/source/tag of all matches
 
 
 @dataclass
@@ -175,6 +176,7 @@ class SqliteIndex:
         source = "articles a JOIN articles_fts ON articles_fts.rowid = a.rowid" if must else "articles a"
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         total = self._conn.execute(f"SELECT COUNT(*) FROM {source} {clause}", params).fetchone()[0]
+        facets = self._facets(source, clause, params)
         if must:
             columns = (
                 f"a.record, a.text, snippet(articles_fts, -1, '{MARK_OPEN}', '{MARK_CLOSE}', '…', 24), "
@@ -190,7 +192,7 @@ class SqliteIndex:
             Hit(_article(record, text), " ".join(snippet.split()), None if score is None else -score)
             for record, text, snippet, score in rows
         ]
-        return SearchResult(total, hits)
+        return SearchResult(total, hits, facets)
 
     def recent_warnings(self, limit: int = 20) -> list[dict]:
         """Indexed articles that carry warnings (e.g. invalid bytes replaced), newest first."""
@@ -203,11 +205,18 @@ class SqliteIndex:
 
     def facets(self) -> dict[str, dict[str, int]]:
         """Article counts per language, source and tag over the whole index."""
-        q = self._conn.execute
+        return self._facets("articles a", "", [])
+
+    def _facets(self, source: str, clause: str, params: list, size: int = 50) -> dict[str, dict[str, int]]:
+        """Counts per language, source and tag among the articles a search matched (``source`` + ``clause``)."""
+        def count(column: str, join: str = "") -> dict[str, int]:
+            sql = f"SELECT {column}, COUNT(*) FROM {source}{join} {clause} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {size}"
+            return dict(self._conn.execute(sql, params))
+
         return {
-            "language": dict(q("SELECT coalesce(language, 'und'), COUNT(*) FROM articles GROUP BY 1 ORDER BY 2 DESC")),
-            "source": dict(q("SELECT source, COUNT(*) FROM articles GROUP BY 1 ORDER BY 2 DESC")),
-            "tag": dict(q("SELECT tag, COUNT(*) FROM article_tags GROUP BY 1 ORDER BY 2 DESC")),
+            "language": count("coalesce(a.language, 'und')"),
+            "source": count("a.source"),
+            "tag": count("t.tag", " JOIN article_tags t ON t.article = a.rowid"),
         }
 
 

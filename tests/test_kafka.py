@@ -50,9 +50,35 @@ def _bus(env) -> KafkaBus:
     return KafkaBus(env["NEWSMON_BUS"], prefix=prefix, session_timeout_ms=6000)
 
 
-def _start(env, *args, data_dir=None):
-    env = dict(env, NEWSMON_DATA_DIR=data_dir or env["NEWSMON_DATA_DIR"])
-    return subprocess.Popen(NEWSMON + list(args), env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+def _start(env, *args, data_dir=None, log=None):
+    """Start a newsmon process; its log goes to ``log`` (default: a file beside its data directory),
+    whose tail ``_wait_for`` shows when it times out."""
+    data_dir = data_dir or env["NEWSMON_DATA_DIR"]
+    log = log or f"{data_dir}-{'-'.join(args)}-{uuid.uuid4().hex[:4]}.log"
+    with open(log, "a") as stderr:
+        proc = subprocess.Popen(NEWSMON + list(args), env=dict(env, NEWSMON_DATA_DIR=data_dir), stderr=stderr,
+                                start_new_session=True)
+    proc.log = log
+    _started.append(proc)
+    return proc
+
+
+_started: list[subprocess.Popen] = []  # this test's processes, whose logs a timeout shows
+
+
+@pytest.fixture(autouse=True)
+def _forget_processes():
+    yield
+    _started.clear()
+
+
+def _log_tails(lines: int = 15) -> str:
+    tails = []
+    for proc in _started:
+        with open(proc.log, errors="replace") as log:
+            tail = log.readlines()[-lines:]
+        tails.append(f"--- {' '.join(proc.args[-2:])} (exit {proc.poll()}), {proc.log}:\n{''.join(tail)}")
+    return "\n".join(tails)
 
 
 def _indexed(env):
@@ -72,7 +98,7 @@ def _wait_for(predicate, timeout, what):
         if predicate():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{_log_tails()}")
 
 
 def _stop(*procs):
@@ -163,11 +189,19 @@ def test_kill_9_of_extract_and_index_loses_and_duplicates_nothing(env):
         assert len(lag) > 1 and set(lag.values()) == {0}, (stage, lag)
 
 
-def test_two_tag_instances_share_the_partitions(env):
+def test_two_tag_instances_share_the_partitions(env, tmp_path):
     count = 24
     with _site(count) as site:
         write_feeds(env_config(env), [{"name": "t", "url": site.url("/feed.xml"), "interval": 3600}])
-        tags = [_start(env, "stage", "tag"), _start(env, "stage", "tag")]
+        logs = [tmp_path / "tag1.log", tmp_path / "tag2.log"]
+        tags = [_start(env, "stage", "tag", log=path) for path in logs]
+
+        def holds_partitions(path):
+            lines = [line for line in path.read_text().splitlines() if "this instance consumes" in line]
+            return bool(lines) and "nothing" not in lines[-1]
+
+        # Work starts once both are in the group, or the first may take it all before the second joins.
+        _wait_for(lambda: all(holds_partitions(path) for path in logs), 60, "both tag instances assigned")
         others = [_start(env, "stage", name) for name in ("poll", "extract", "language", "index")]
         _wait_for(lambda: len(_indexed(env)) == count, 180, f"{count} articles indexed")
         assert _stop(*tags, *others) == [0] * 6
@@ -215,3 +249,30 @@ def test_sigterm_commits_leaves_the_group_and_exits_0(env):
     assert _stop(stage) == [0]
     assert time.monotonic() - started < 30
     assert bus.backlog("tag", "articles.detected") == 0
+
+
+def test_two_pollers_split_the_feeds(env, tmp_path):
+    """Each feed is polled by one poller once both are in the group (the first may poll all before the second joins)."""
+    feeds = {f"/feed{i}.xml": Page(rss([]), headers={"Content-Type": "application/rss+xml"}) for i in range(12)}
+    with TestSite(feeds) as site:
+        write_feeds(env_config(env), [{"name": p, "url": site.url(p), "interval": 10} for p in feeds])
+        pollers = [
+            _start(dict(env, NEWSMON_USER_AGENT=name), "stage", "poll", data_dir=str(tmp_path / name))
+            for name in ("poller-1", "poller-2")
+        ]
+
+        def polls():
+            return [(path, headers.get("User-Agent")) for path, headers in site.requests]
+
+        _wait_for(lambda: len({agent for _, agent in polls()}) == 2, 60, "both pollers polling")
+        both_joined = len(polls())
+        # Three more rounds: the first may still come from a poller that has not yet seen the rebalance.
+        _wait_for(lambda: all(sum(p == path for p, _ in polls()[both_joined:]) >= 3 for path in feeds), 90,
+                  "three more rounds of every feed")
+        assert _stop(*pollers) == [0, 0]
+    settled = {}
+    for path in feeds:
+        agents = [agent for p, agent in polls()[both_joined:] if p == path][1:]
+        assert len(set(agents)) == 1, f"{path} polled by both pollers: {agents}"
+        settled[path] = agents[0]
+    assert set(settled.values()) == {"poller-1", "poller-2"}, f"one poller polls everything: {settled}"

@@ -1,0 +1,320 @@
+"""The Elasticsearch sink and search backend, against the stand-in server of tests/fake_es.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+from newsmon.bus import DEAD_LETTERS, SqliteBus
+from newsmon.pipeline import TAGGED, open_index, run
+from newsmon.record import Article, TagHit, article_id
+from newsmon.runner import SinkUnavailable, Stage, process_batch
+from newsmon.settings import ConfigError, ElasticsearchSettings, Feed
+from sinks.elasticsearch import EsError, EsIndex, index_for, search_body
+from sinks.query import parse
+from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
+from tests.conftest import NEWSMON
+from tests.fake_es import FakeEs
+from tests.sites import Page, TestSite, article_html, rss
+
+
+@pytest.fixture
+def fake():
+    server = FakeEs().start()
+    yield server
+    server.stop()
+
+
+def _settings(fake: FakeEs, **overrides) -> ElasticsearchSettings:
+    values = {"url": fake.url, "backoff_max": 0.05, "give_up_after": 5.0, "request_timeout": 5.0}
+    return ElasticsearchSettings(**{**values, **overrides})
+
+
+def _article(n: int, *, language="en", text="The council met on Monday.", title=None, published="2026-02-12T16:45:00Z",
+             tags=()) -> Article:
+    url = f"https://news.example.org/a{n}"
+    return Article(
+        id=article_id(url), url=url, canonical_url=url, feed_url="https://news.example.org/feed.xml",
+        source="Example News", title=title or f"Story {n}", text=text, language=language, published=published,
+        discovered="2026-03-01T08:00:00Z", fetched="2026-03-01T08:00:05Z",
+        tags=[TagHit(t, {t: 1}, [(0, len(t))]) for t in tags],
+    )
+
+
+def _bulk_requests(fake: FakeEs) -> list[tuple[str, str, int]]:
+    return [r for r in fake.requests if r[1].startswith("/_bulk")]
+
+
+@pytest.mark.parametrize("flavor, product", [("es8", "Elasticsearch 8.15.3"), ("es9", "Elasticsearch 9.1.0"),
+                                             ("opensearch2", "OpenSearch 2.17.1")])
+def test_detects_the_product_and_installs_the_template(flavor, product):
+    server = FakeEs(flavor=flavor).start()
+    try:
+        index = EsIndex(_settings(server)).connect()
+        assert index.product == product
+        template = server.templates["newsmon-articles"]
+        assert template["index_patterns"] == ["newsmon-articles-*"]
+        assert "newsmon-articles" in template["template"]["aliases"]
+        props = template["template"]["mappings"]["properties"]
+        assert props["text_fr"]["analyzer"] == "french" and props["title_de"]["analyzer"] == "german"
+        assert props["tags"]["type"] == props["matched_terms"]["type"] == props["id"]["type"] == "keyword"
+        index.connect()  # again: idempotent
+        assert len(server.templates) == 1
+        index.close()
+    finally:
+        server.stop()
+
+
+def test_refuses_an_unsupported_version_with_the_reason(make_settings):
+    server = FakeEs(flavor="es7").start()
+    try:
+        with pytest.raises(EsError, match=r"Elasticsearch 7\.17\.0 is not supported .*8\.x and 9\.x"):
+            EsIndex(_settings(server)).connect()
+        # The index stage does not start on it: a configuration error the operator sees (the CLI prints it).
+        with pytest.raises(ConfigError, match=r"^search index: http://127\.0\.0\.1:\d+: Elasticsearch 7\.17\.0 is not"):
+            open_index(make_settings(**{"elasticsearch": {"url": server.url}}))
+    finally:
+        server.stop()
+
+
+def test_reindexing_updates_the_same_document_in_the_same_monthly_index(fake):
+    index = EsIndex(_settings(fake)).connect()
+    first = [_article(n) for n in range(3)]
+    assert index.upsert_many(first) == []
+    again = [_article(n, text="Updated: the council met again.") for n in range(3)]
+    for article in again:
+        article.fetched = "2026-07-09T10:00:00Z"  # re-fetched months later: same index, decided by the article
+    assert index.upsert_many(again) == []
+    docs = fake.documents()
+    assert sorted(docs) == sorted(("newsmon-articles-2026.02", a.id) for a in first)
+    assert all(doc["text"].startswith("Updated") for doc in docs.values())
+    assert index.count() == 3
+
+
+def test_monthly_index_comes_from_the_article_not_the_clock():
+    article = _article(1, published=None)
+    assert index_for(article, "p") == "p-2026.03"  # discovered
+    article.published = "2025-12-31T23:59:00Z"
+    assert index_for(article, "p") == "p-2025.12"
+
+
+def test_bulk_batches_respect_the_document_and_byte_caps(fake):
+    index = EsIndex(_settings(fake, bulk_docs=10, bulk_bytes=20_000)).connect()
+    articles = [_article(n, text="word " * 600) for n in range(25)]  # ~3 KB each
+    assert index.upsert_many(articles) == []
+    sizes = [size for _, _, size in _bulk_requests(fake)]
+    assert len(fake.documents()) == 25
+    assert len(sizes) >= 4 and max(sizes) <= 20_000
+
+
+def test_whole_request_429_and_503_are_retried_with_backoff(fake):
+    fake.bulk_statuses = [429, 503, 503]
+    index = EsIndex(_settings(fake)).connect()
+    assert index.upsert_many([_article(n) for n in range(5)]) == []
+    assert len(fake.documents()) == 5
+    assert len(_bulk_requests(fake)) == 4
+    assert index.health.healthy
+
+
+def test_partial_bulk_failure_retries_the_retriable_and_rejects_the_mapping_error(fake, tmp_path):
+    """Through the runner: the 429 item is retried and indexed, the bad date goes to dead letters with ES's error."""
+    bus = SqliteBus(tmp_path / "queue.db")
+    articles = [_article(n) for n in range(6)]
+    articles[2].published = "last Tuesday"  # not a date: the mapping refuses it
+    fake.item_statuses = {articles[4].id: [429, 503]}
+    for article in articles:
+        bus.publish(TAGGED, article.id, article.to_json())
+    bus.flush()
+    index = EsIndex(_settings(fake)).connect()
+    stage = Stage("index", TAGGED, deliver=index.upsert_many)
+    consumer = bus.consumer("index", [TAGGED])
+    result = process_batch(stage, bus, consumer, max_records=50)
+    assert (result.consumed, result.produced, result.failed) == (6, 5, 1)
+    stored = {doc_id for _, doc_id in fake.documents()}
+    assert stored == {a.id for n, a in enumerate(articles) if n != 2}
+    [dead] = bus.recent(DEAD_LETTERS, 10)
+    assert dead.key == articles[2].id
+    assert "document_parsing_exception" in dead.headers["error"] and "last Tuesday" in dead.headers["error"]
+    assert bus.backlog("index", TAGGED) == 0
+    bus.close()
+
+
+def _index_stage_thread(settings, stop: threading.Event, feeds=()):
+    thread = threading.Thread(target=run, args=(settings, list(feeds)),
+                              kwargs={"names": ["index"], "once": False, "stop": stop}, daemon=True)
+    thread.start()
+    return thread
+
+
+class _count_logged(logging.Handler):
+    """Counts log records containing ``text`` while in its ``with`` block."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.count = text, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += self.text in record.getMessage()
+
+    def __enter__(self):
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeHandler(self)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.mark.slow
+def test_elasticsearch_down_during_a_stream_loses_nothing_and_keeps_memory_bounded(fake, make_settings):
+    settings = make_settings(**{"elasticsearch": {
+        "url": fake.url, "bulk_docs": 20, "flush_seconds": 0.05, "backoff_max": 0.1, "give_up_after": 0.5,
+    }})
+    bus = SqliteBus(settings.data_dir / "queue.db")
+    first = [_article(n) for n in range(40)]
+    for article in first:
+        bus.publish(TAGGED, article.id, article.to_json())
+    bus.flush()
+    stop = threading.Event()
+    thread = _index_stage_thread(settings, stop)
+    _wait_for(lambda: len(fake.documents()) == 40, 30, "the first 40 indexed")
+
+    fake.stop()  # Elasticsearch goes down mid-stream; 1,000 more articles (~5 MB) arrive meanwhile
+    big_text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 80
+    tracemalloc.start()
+    for n in range(40, 1040):
+        article = _article(n, text=big_text)
+        bus.publish(TAGGED, article.id, article.to_json())
+    bus.flush()
+    tracemalloc.reset_peak()
+    failures = _count_logged("stage index: sink unavailable")
+    with failures:
+        _wait_for(lambda: failures.count >= 3, 30, "the stage retrying against the dead cluster")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000, f"peak {peak} bytes while down: the stage buffers more than one batch"
+    assert bus.backlog("index", TAGGED) == 1000  # all of it waits on disk, none committed
+
+    fake.start(fake.port)  # back
+    _wait_for(lambda: bus.backlog("index", TAGGED) == 0, 60, "the backlog indexed after recovery")
+    stop.set()
+    thread.join(timeout=30)
+    assert len(fake.documents()) == 1040
+    assert bus.size(DEAD_LETTERS) == 0
+    bus.close()
+
+
+def test_search_backend_features(fake):
+    index = EsIndex(_settings(fake)).connect()
+    index.upsert_many([
+        _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés parlent de sécurité et de défense.",
+                 tags=["nato"], published="2026-02-12T16:45:00Z"),
+        _article(2, language="en", title="Harbour budget", text="The council approved the harbour budget.",
+                 published="2026-02-10T09:00:00Z"),
+        _article(3, language="en", title="Security talks", text="Security talks in Brussels: NATO allies meet.",
+                 tags=["nato"], published="2026-01-05T09:00:00Z"),
+        _article(4, language="de", title="Klimaschutz", text="Der Rat beschließt das Wärmenetz für den Klimaschutz.",
+                 tags=["climate"], published="2026-02-01T09:00:00Z"),
+    ])
+    # Accent folding: securite finds sécurité, with the match highlighted.
+    result = index.search("securite")
+    assert [h.article.id for h in result.hits] == [article_id("https://news.example.org/a1")]
+    assert f"{MARK_OPEN}sécurité{MARK_CLOSE}" in result.hits[0].snippet
+    # OR, phrases, exclusion, prefix.
+    assert {h.article.title for h in index.search("securite OR security").hits} == {"La sécurité de l'Europe", "Security talks"}
+    assert [h.article.title for h in index.search('"harbour budget"').hits] == ["Harbour budget"]
+    assert [h.article.title for h in index.search("council -harbour").hits] == []
+    assert [h.article.title for h in index.search("klima*").hits] == ["Klimaschutz"]
+    # Filters, date range, sort by date, pagination, facets.
+    assert [h.article.title for h in index.search("", Filters(tags=["nato"]), sort="date").hits] == [
+        "La sécurité de l'Europe", "Security talks"]
+    assert [h.article.title for h in index.search("", Filters(languages=["en"], since="2026-02-01T00:00:00Z")).hits] == [
+        "Harbour budget"]
+    page = index.search("", sort="date", limit=2, offset=2)
+    assert page.total == 4 and [h.article.title for h in page.hits] == ["Klimaschutz", "Security talks"]
+    assert page.facets["language"] == {"en": 2, "fr": 1, "de": 1}
+    assert page.facets["tag"] == {"nato": 2, "climate": 1}
+    # Records come back whole, tags included.
+    hit = index.search("klimaschutz").hits[0].article
+    assert hit.tags[0].topic == "climate" and hit.tags[0].terms == {"climate": 1}
+    assert index.get(article_id("https://news.example.org/a4")).title == "Klimaschutz"
+
+
+def test_query_syntax_cannot_inject(fake):
+    """Backend syntax in a query is plain text: the request carries only structured clauses."""
+    index = EsIndex(_settings(fake)).connect()
+    index.upsert_many([_article(1, text="The council met."), _article(2, text="Budget cuts.")])
+    for hostile in ['text:* OR _id:*', '{"match_all": {}}', "council) | (budget~2"]:
+        assert index.search(hostile).total <= 1, hostile
+    # Punctuation alone has no words to match: it browses everything, like the empty query does.
+    for punctuation in ["*", "+-|\\"]:
+        assert search_body(parse(punctuation), Filters(), sort="relevance", limit=10, offset=0)["query"]["bool"]["must"] \
+            == [{"match_all": {}}], punctuation
+    body = search_body(parse("text:* OR _id:*"), Filters(), sort="relevance", limit=10, offset=0)
+    assert "query_string" not in json.dumps(body)
+    clauses = body["query"]["bool"]["must"][0]["bool"]["should"]
+    # Analysed as text (a prefix of "text:"), never parsed as field syntax.
+    assert [(c["multi_match"]["query"], c["multi_match"]["type"]) for c in clauses] \
+        == [("text:", "phrase_prefix"), ("_id:", "phrase_prefix")]
+
+
+def test_search_when_nothing_is_indexed_yet(fake):
+    index = EsIndex(_settings(fake)).connect(install=False)
+    assert index.search("anything").total == 0
+
+
+@pytest.mark.slow
+def test_pipeline_and_cli_on_elasticsearch(fake, make_settings, config_dir, tmp_path):
+    text = "The harbour council met on Monday to discuss the budget of the new bridge in detail. " * 4
+    routes = {f"/a{i}.html": Page(article_html(f"Bridge story {i}", [text, text.replace("Monday", "Friday")]))
+              for i in range(3)}
+    with TestSite(routes) as site:
+        site.routes["/feed.xml"] = Page(rss([(f"Bridge story {i}", site.url(f"/a{i}.html")) for i in range(3)]),
+                                   headers={"Content-Type": "application/rss+xml"})
+        settings = make_settings(**{"elasticsearch": {"url": fake.url}})
+        progress = run(settings, [Feed(name="t", url=site.url("/feed.xml"))], once=True, stop=threading.Event(),
+                       force_poll=True)
+    assert progress.done["index"] == 3
+    assert len(fake.documents()) == 3
+    assert not (settings.data_dir / "index.db").exists()  # the embedded index is not used
+
+    env = {"NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"), "NEWSMON_ES_URL": fake.url,
+           "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(NEWSMON + ["search", "bridge", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert sorted(json.loads(line)["title"] for line in found.stdout.splitlines()) == [f"Bridge story {i}" for i in range(3)]
+    template = subprocess.run(NEWSMON + ["es", "template"], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(template.stdout)["template"]["aliases"] == {"newsmon-articles": {}}
+
+    fake.stop()
+    down = subprocess.run(NEWSMON + ["search", "bridge"], env=env, capture_output=True, text=True, timeout=60)
+    fake.start(fake.port)
+    assert down.returncode == 1
+    assert "search index:" in down.stderr and fake.url in down.stderr and "ConnectError" in down.stderr
+
+
+def test_writer_starts_while_elasticsearch_is_down_and_reports_unhealthy(fake, make_settings):
+    fake.stop()
+    settings = make_settings(**{"elasticsearch": {"url": fake.url, "give_up_after": 0.2, "backoff_max": 0.05}})
+    index = open_index(settings)
+    assert not index.health.healthy and "ConnectError" in index.health.error
+    with pytest.raises(SinkUnavailable):
+        index.upsert_many([_article(1)])
+    fake.start(fake.port)
+    assert index.upsert_many([_article(1)]) == []
+    assert index.health.healthy and index.product.startswith("Elasticsearch")
+    index.close()
