@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+import yaml
 
 from newsmon import __version__, settings as config
 from newsmon.bus import DEAD_LETTERS, SqliteBus
@@ -142,7 +143,7 @@ def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: th
     from newsmon.pipeline import open_bus, run
     from newsmon.supervise import start_stages, stop_stages, wait_until_drained
 
-    names = ["extract", "language", "tag", "index"]
+    names = ["extract", "language", "tag", "index", "alert"]
     env = {"NEWSMON_BUS": settings.pipeline.bus, "NEWSMON_DATA_DIR": str(settings.data_dir),
            "NEWSMON_CONFIG_DIR": str(settings.config_dir), "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32"}
 
@@ -193,7 +194,7 @@ def run_command(once: bool, bus: str | None) -> None:
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["poll", "extract", "language", "tag", "index"]))
+@click.argument("name", type=click.Choice(["poll", "extract", "language", "tag", "index", "alert"]))
 @_bus_option
 def stage(name: str, bus: str | None) -> None:
     """Run one stage until stopped (SIGTERM/Ctrl-C: finish the batch, commit, leave the group, exit 0).
@@ -204,6 +205,7 @@ def stage(name: str, bus: str | None) -> None:
     language  articles.extracted -> articles.detected (langdetect)
     tag       articles.detected -> articles.tagged (keyword topics)
     index     articles.tagged -> the search index
+    alert     articles.tagged -> subscribers' channels (run one instance: it keeps the delivery log)
     """
     from newsmon.pipeline import run
 
@@ -373,6 +375,10 @@ def _collect_stats(settings: config.Settings) -> dict:
         if index:
             stats["index"] = {"articles": index.count(), **index.facets()}
             stats["recent_warnings"] = index.recent_warnings()
+    if (data / "alerts.db").exists():
+        alert_log = _open_alert_log(settings, channels=False)
+        stats["alerts"] = alert_log.status()
+        alert_log.close(drain=0)
     return stats
 
 
@@ -409,6 +415,11 @@ def _print_stats(stats: dict, brief: bool = False) -> None:
         for feed in stats["feeds"]:
             status = feed["last_error"] or f"HTTP {feed['last_status']}, {feed['new_last_poll']} new"
             click.echo(f"  {feed['name']}: {status}  ({feed['url']})")
+    alerts_ = stats.get("alerts")
+    if alerts_ and alerts_["subscribers"]:
+        click.echo("\nAlerts: " + "; ".join(
+            f"{name} " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "none")
+            for name, counts in alerts_["subscribers"].items()))
     errors = stats["recent_errors"]
     click.echo(f"\nErrors ({len(errors)} recent):" if errors else "\nErrors: none")
     for err in errors:
@@ -520,6 +531,161 @@ def es_template() -> None:
 
     prefix = _load().pipeline.elasticsearch.index_prefix
     click.echo(json.dumps(index_template(prefix), indent=2))
+
+
+@main.group()
+def alerts() -> None:
+    """Alert subscribers: who gets which keyword hits, on which channel (config/subscribers.yaml)."""
+
+
+def _subscribers_file(settings: config.Settings) -> Path:
+    return settings.config_dir / "subscribers.yaml"
+
+
+def _write_subscribers(path: Path, subscribers: list[dict]) -> None:
+    """Validate, then replace the file atomically (comments in it are not kept)."""
+    try:
+        config.SubscribersFile.model_validate({"subscribers": subscribers})
+    except ValueError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("# Alert subscribers; see README \"Alerts\". Edited by `newsmon alerts add/remove`.\n"
+                   + yaml.safe_dump({"subscribers": subscribers}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _open_alert_log(settings: config.Settings, channels: bool = True):
+    from newsmon.pipeline import open_alerts
+
+    try:
+        return open_alerts(settings, channels=channels)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@alerts.command("add")
+@click.argument("name")
+@click.option("--tag", "tags", multiple=True, help="Topic from keywords.yaml (any of them); repeatable.")
+@click.option("--query", default="", help='Words, "phrases", a OR b, -excluded, prefix*.')
+@click.option("--lang", "languages", multiple=True, help="Only articles in this language; repeatable.")
+@click.option("--source", "sources", multiple=True, help="Only articles from this source; repeatable.")
+@click.option("--min-hits", type=int, default=1, show_default=True, help="Keyword occurrences needed.")
+@click.option("--channel", required=True, help="https://… webhook, mailto:…, smtp://…, slack://…, file://…")
+@click.option("--mode", type=click.Choice(["immediate", "digest"]), default="immediate", show_default=True)
+@click.option("--every", type=click.Choice(["hourly", "daily", "weekly"]), help="Digest schedule (default daily).")
+@click.option("--at", "at_", help="Digest time HH:MM (default 08:00).")
+@click.option("--timezone", help="Digest time zone, e.g. Europe/Paris (default UTC).")
+@click.option("--rate-limit", type=int, help="Immediate alerts per hour; the rest go into the next digest (default 20).")
+@click.option("--secret-env", help="Environment variable holding the webhook signing secret.")
+def alerts_add(name, tags, query, languages, sources, min_hits, channel, mode, every, at_, timezone, rate_limit,
+               secret_env) -> None:
+    """Subscribe NAME to articles matching a rule; an existing NAME with the same channel gets one more rule."""
+    from sinks.channels import ChannelError, parse_channel
+
+    settings = _load()
+    try:
+        kind = parse_channel(channel, data_dir=settings.data_dir).kind
+    except ChannelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if kind == "webhook" and not secret_env:
+        raise click.ClickException("webhooks are signed: give --secret-env VAR (the variable holds the secret)")
+    rule = {k: v for k, v in {"tags": list(tags), "query": query, "languages": list(languages),
+                              "sources": list(sources), "min_hits": min_hits if min_hits != 1 else None}.items() if v}
+    path = _subscribers_file(settings)
+    current = [s.model_dump(exclude_defaults=True) for s in settings.subscribers]
+    existing = next((s for s in current if s["name"] == name), None)
+    if existing and existing["channel"] != channel:
+        raise click.ClickException(f"subscriber {name} exists with channel {existing['channel']}: "
+                                   "remove it first, or use a new name")
+    if existing:
+        existing["rules"].append(rule)
+    else:
+        digest = {k: v for k, v in {"every": every, "at": at_, "timezone": timezone}.items() if v}
+        current.append({k: v for k, v in {"name": name, "channel": channel, "mode": mode, "rules": [rule],
+                                           "digest": digest, "rate_limit": rate_limit, "secret_env": secret_env}.items()
+                        if v})
+    _write_subscribers(path, current)
+    click.echo(f"{'added a rule to' if existing else 'added'} {name} in {path}")
+
+
+@alerts.command("remove")
+@click.argument("name")
+def alerts_remove(name: str) -> None:
+    """Unsubscribe NAME (its delivery history stays in the log)."""
+    settings = _load()
+    kept = [s.model_dump(exclude_defaults=True) for s in settings.subscribers if s.name != name]
+    if len(kept) == len(settings.subscribers):
+        raise click.ClickException(f"no subscriber named {name} in {_subscribers_file(settings)}")
+    _write_subscribers(_subscribers_file(settings), kept)
+    click.echo(f"removed {name}")
+
+
+@alerts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per subscriber.")
+def alerts_list(as_json: bool) -> None:
+    """The subscribers and their rules."""
+    for sub in _load().subscribers:
+        if as_json:
+            click.echo(json.dumps(sub.model_dump(), ensure_ascii=False))
+            continue
+        when = "immediate" if sub.mode == "immediate" else f"digest {sub.digest.every} at {sub.digest.at} {sub.digest.timezone}"
+        click.echo(f"{sub.name}  {sub.channel}  ({when}, {sub.rate_limit}/h)")
+        for rule in sub.rules:
+            parts = [f"tags {'|'.join(rule.tags)}" if rule.tags else "", f"query {rule.query!r}" if rule.query else "",
+                     f"lang {','.join(rule.languages)}" if rule.languages else "",
+                     f"source {','.join(rule.sources)}" if rule.sources else "",
+                     f"min hits {rule.min_hits}" if rule.min_hits > 1 else ""]
+            click.echo(f"  {rule.id}: " + " · ".join(p for p in parts if p))
+
+
+@alerts.command("test")
+@click.argument("name")
+def alerts_test(name: str) -> None:
+    """Send a sample alert to NAME's channel now and say whether it was accepted."""
+    from sinks.channels import DeliveryError
+
+    settings = _load()
+    if name not in {s.name for s in settings.subscribers}:
+        raise click.ClickException(f"no subscriber named {name} in {_subscribers_file(settings)}")
+    log_ = _open_alert_log(settings)
+    try:
+        log_.send_test(name)
+    except DeliveryError as exc:
+        raise click.ClickException(f"{name}: {exc.reason}") from None
+    finally:
+        log_.close(drain=0)
+    click.echo(f"{name}: test alert accepted by {log_.subscribers[name].channel}")
+
+
+@alerts.command("status")
+@click.option("--json", "as_json", is_flag=True, help="The status as one JSON object.")
+def alerts_status(as_json: bool) -> None:
+    """Deliveries per subscriber (sent, pending, held for a digest, duplicates, failed) and the failures."""
+    log_ = _open_alert_log(_load(), channels=False)
+    status = log_.status()
+    log_.close(drain=0)
+    if as_json:
+        click.echo(json.dumps(status, ensure_ascii=False))
+        return
+    for name, counts in status["subscribers"].items():
+        click.echo(f"{name}: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "nothing yet"))
+    if status["retrying"]:
+        click.echo(f"\n{status['retrying']} delivery(ies) waiting to be retried")
+    if status["failed"]:
+        click.echo("\nFailed (newsmon alerts replay sends them again):")
+        for f in status["failed"]:
+            click.echo(f"  {f['created']} {f['subscriber']} article {f['article_id']}: {f['error']} "
+                       f"({f['attempts']} attempts)")
+
+
+@alerts.command("replay")
+@click.option("--subscriber", help="Only this subscriber's failed deliveries.")
+def alerts_replay(subscriber: str | None) -> None:
+    """Send failed deliveries again (the running alert stage picks them up within a second)."""
+    log_ = _open_alert_log(_load(), channels=False)
+    count = log_.replay(subscriber)
+    log_.close(drain=0)
+    click.echo(f"{count} failed delivery(ies) queued again")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from ingest.pages import fetch_and_extract
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
 from newsmon.runner import SinkUnavailable, Stage, process_batch, worker_context
 from newsmon.settings import ConfigError, Feed, Settings
+from sinks.alerts import AlertLog
 from sinks.sqlite_index import SqliteIndex
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ EXTRACTED = "articles.extracted"
 DETECTED = "articles.detected"
 TAGGED = "articles.tagged"
 FEED_SHARDS = "feed-shards"  # no messages: its partitions split the feeds between poller instances
-STAGE_NAMES = ("poll", "extract", "language", "tag", "index")
-CONSUMED = {"extract": DISCOVERED, "language": EXTRACTED, "tag": DETECTED, "index": TAGGED}
+STAGE_NAMES = ("poll", "extract", "language", "tag", "index", "alert")
+CONSUMED = {"extract": DISCOVERED, "language": EXTRACTED, "tag": DETECTED, "index": TAGGED, "alert": TAGGED}
 ALL_TOPICS = (DISCOVERED, EXTRACTED, DETECTED, TAGGED, DEAD_LETTERS, FEED_SHARDS)
 
 
@@ -62,6 +63,7 @@ class Resources:
     extractor: Extractor | None = None
     index: SearchIndex | None = None
     tagger: KeywordTagger | None = None
+    alerts: AlertLog | None = None
 
 
 def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAGE_NAMES) -> list[Stage]:
@@ -78,6 +80,8 @@ def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAG
         es = p.elasticsearch
         batching = {"batch_size": es.bulk_docs, "linger": es.flush_seconds} if es.url else {}
         stages.append(Stage("index", TAGGED, deliver=res.index.upsert_many, **batching))
+    if "alert" in names:
+        stages.append(Stage("alert", TAGGED, deliver=res.alerts.accept))
     return stages
 
 
@@ -114,6 +118,14 @@ def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None
     return SqliteIndex(path)
 
 
+def open_alerts(settings: Settings, *, channels: bool = True) -> AlertLog:
+    """The delivery log in the data directory. To send, every subscriber's channel is checked
+    first (``channels``); reading the status or replaying needs no channel."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return AlertLog(settings.data_dir / "alerts.db", settings.subscribers, settings.pipeline.alerts,
+                    data_dir=settings.data_dir, check_channels=channels)
+
+
 @contextmanager
 def open_pipeline(settings: Settings, names: Iterable[str] = STAGE_NAMES):
     """Open what the named stages need. On the embedded bus one process owns the data directory."""
@@ -143,6 +155,9 @@ def open_pipeline(settings: Settings, names: Iterable[str] = STAGE_NAMES):
         if "index" in names:
             res.index = open_index(settings)
             stack.callback(res.index.close)
+        if "alert" in names:
+            res.alerts = open_alerts(settings).start()
+            stack.callback(res.alerts.close)
         yield res
 
 

@@ -3,7 +3,8 @@
 Files (all in ``NEWSMON_CONFIG_DIR``, default ``./config``):
 - ``pipeline.yaml``: bus, fetch limits, extraction, language, runner (optional; defaults below);
 - ``feeds.yaml``: the feeds to poll;
-- ``keywords.yaml``: the topics the tagger marks.
+- ``keywords.yaml``: the topics the tagger marks;
+- ``subscribers.yaml``: who gets alerts for what, and how (optional).
 
 Environment overrides: ``NEWSMON_DATA_DIR`` (default ``./data``), ``NEWSMON_CONFIG_DIR``,
 ``NEWSMON_BUS``, ``NEWSMON_ES_URL`` (search index on Elasticsearch instead of SQLite),
@@ -17,7 +18,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -104,6 +106,25 @@ class ElasticsearchSettings(_Model):
         return value
 
 
+class SmtpSettings(_Model):
+    """The mail server for ``mailto:`` channels. Credentials come from the environment only:
+    NEWSMON_SMTP_USERNAME and NEWSMON_SMTP_PASSWORD."""
+
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    sender: str = "newsmon@localhost"  # the From: address
+
+
+class AlertSettings(_Model):
+    max_attempts: int = Field(8, ge=1, le=100)  # then the delivery is marked failed (replayable)
+    backoff_initial: float = Field(5.0, gt=0)  # seconds before the first retry; doubled each time, with jitter
+    backoff_max: float = Field(3600.0, gt=0)
+    request_timeout: float = Field(10.0, gt=0)  # per webhook request or SMTP session
+    duplicate_window_days: float = Field(7.0, gt=0)  # a near-identical story within this window alerts once
+    smtp: SmtpSettings = SmtpSettings()
+
+
 class PipelineSettings(_Model):
     bus: str = "embedded"  # or kafka://HOST:PORT[,HOST:PORT...]
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
@@ -112,6 +133,7 @@ class PipelineSettings(_Model):
     extract: ExtractSettings = ExtractSettings()
     language: LanguageSettings = LanguageSettings()
     runner: RunnerSettings = RunnerSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("bus")
     @classmethod
@@ -157,12 +179,79 @@ class KeywordsFile(_Model):
     topics: dict[str, Topic] = {}
 
 
+class DigestSchedule(_Model):
+    every: Literal["hourly", "daily", "weekly"] = "daily"
+    at: str = Field("08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")  # local time; hourly digests use the minute
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"  # for weekly digests
+    timezone: str = "UTC"  # IANA name, e.g. Europe/Paris
+    max_items: int = Field(50, ge=1, le=1000)  # listed in one digest; the rest are counted
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from None
+        return value
+
+
+class Rule(_Model):
+    """Matches an article when every part given matches: one of ``tags``, the ``query``, the filters."""
+
+    id: str = ""  # defaults to SUBSCRIBER/N
+    tags: list[str] = []  # topic names from keywords.yaml; any of them
+    query: str = ""  # words, "phrases", a OR b, -excluded, prefix*; case and accents ignored
+    languages: list[str] = []
+    sources: list[str] = []
+    min_hits: int = Field(1, ge=1)  # matched keyword occurrences, at least
+
+    @field_validator("query")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        from sinks.query import parse  # every string parses; refuse one that is only punctuation
+
+        if value.strip() and parse(value).empty:
+            raise ValueError(f"{value!r} has no words to match")
+        return value
+
+
+class Subscriber(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+    channel: str  # https://… webhook, mailto:…, smtp://…, slack://…, file://… (see sinks/channels.py)
+    rules: list[Rule] = Field(min_length=1)
+    mode: Literal["immediate", "digest"] = "immediate"
+    digest: DigestSchedule = DigestSchedule()  # for digest mode, and for what the rate limit holds back
+    rate_limit: int = Field(20, ge=1)  # immediate alerts per hour; the rest go into the next digest
+    secret_env: str | None = None  # environment variable with the webhook secret ("new,old" while rotating)
+
+    def model_post_init(self, _context) -> None:
+        for n, rule in enumerate(self.rules, 1):
+            if not rule.id:
+                rule.id = f"{self.name}/{n}"
+            if not rule.tags and not rule.query.strip():
+                raise ValueError(f"rule {rule.id}: give tags, a query, or both")
+
+
+class SubscribersFile(_Model):
+    subscribers: list[Subscriber] = []
+
+    @field_validator("subscribers")
+    @classmethod
+    def _unique(cls, value: list[Subscriber]) -> list[Subscriber]:
+        names = [s.name for s in value]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"subscriber names must be unique: {', '.join(dupes)}")
+        return value
+
+
 class Settings(BaseModel):
     config_dir: Path
     data_dir: Path
     pipeline: PipelineSettings
     feeds: list[Feed]
     topics: dict[str, Topic]
+    subscribers: list[Subscriber] = []
 
 
 def _read_yaml(path: Path, model: type[_Model], required: bool) -> _Model:
@@ -199,6 +288,7 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
     pipeline = _read_yaml(config_dir / "pipeline.yaml", PipelineSettings, required=False)
     feeds = _read_yaml(config_dir / "feeds.yaml", FeedsFile, required=True)
     keywords = _read_yaml(config_dir / "keywords.yaml", KeywordsFile, required=True)
+    subscribers = _read_yaml(config_dir / "subscribers.yaml", SubscribersFile, required=False)
 
     raw = pipeline.model_dump()
     if env.get("NEWSMON_BUS"):
@@ -217,5 +307,6 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
     except ValidationError as exc:
         raise ConfigError(_describe(config_dir / "pipeline.yaml (with environment overrides)", exc)) from None
     return Settings(
-        config_dir=config_dir, data_dir=data_dir, pipeline=pipeline, feeds=feeds.feeds, topics=keywords.topics
+        config_dir=config_dir, data_dir=data_dir, pipeline=pipeline, feeds=feeds.feeds, topics=keywords.topics,
+        subscribers=subscribers.subscribers,
     )

@@ -1,0 +1,182 @@
+"""Alert rules: which subscribers' rules a tagged article matches, and why.
+
+A rule matches when every part it gives matches: one of its topic tags, its query
+(the analyst's syntax of ``sinks/query.py``: words, "phrases", OR, -exclusions,
+prefix*; case and accents ignored), its language and source filters, and at
+least ``min_hits`` keyword occurrences.
+
+Rules are indexed by what an article must contain for them to match (one of the
+rule's tags, else a word of one of its query's required groups), so an article
+is checked only against the rules it could match: the cost follows the article's
+words, not the number of subscribers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from enrich.keywords import fold
+from newsmon.record import Article
+from newsmon.settings import Rule, Subscriber
+from sinks.query import Query, Term, parse
+from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
+
+_WORD = re.compile(r"\w+")
+_PREFIX_KEY = 3  # prefix* terms are indexed by their first characters
+
+
+@dataclass(frozen=True)
+class Match:
+    subscriber: str
+    rule_id: str
+    terms: list[str]  # the keywords and query terms that matched, as the rule wrote them
+    hits: int  # keyword occurrences that matched
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    subscriber: str
+    rule: Rule
+    query: Query
+    sources: frozenset[str]
+
+
+class _Words:
+    """An article's title and text, folded like the tagger folds them, ready for term lookups."""
+
+    def __init__(self, article: Article):
+        self.tokens = _WORD.findall(fold(f"{article.title}\n{article.text}").text)
+        self.joined = " " + " ".join(self.tokens) + " "
+        self.unique = set(self.tokens)
+
+    def count(self, term: Term) -> int:
+        words = _WORD.findall(fold(term.text).text)
+        if not words:
+            return 0
+        if len(words) == 1 and not term.prefix:
+            return self.tokens.count(words[0]) if words[0] in self.unique else 0
+        phrase = " " + " ".join(words) + ("" if term.prefix else " ")
+        return self.joined.count(phrase)
+
+
+def _terms(query: Query) -> Iterable[Term]:
+    return [t for group in query.groups for t in group]
+
+
+def _index_keys(compiled: _Compiled) -> list[tuple[str, str]]:
+    """Keys under which an article that can match this rule is sure to look."""
+    if compiled.rule.tags:
+        return [("tag", tag) for tag in compiled.rule.tags]
+    if not compiled.query.groups:
+        return [("any", "")]  # exclusions only: every article is a candidate
+    keys = []
+    for term in compiled.query.groups[0]:  # one group is required: any of its terms must be there
+        words = _WORD.findall(fold(term.text).text)
+        if not words:
+            return [("any", "")]
+        if term.prefix and len(words) == 1:
+            if len(words[0]) < _PREFIX_KEY:
+                return [("any", "")]
+            keys.append(("prefix", words[0][:_PREFIX_KEY]))
+        else:
+            keys.append(("word", words[0]))
+    return keys
+
+
+class RuleIndex:
+    """Every subscriber's rules, indexed by the tags and words they need."""
+
+    def __init__(self, subscribers: Iterable[Subscriber]):
+        self._by_key: dict[tuple[str, str], list[_Compiled]] = defaultdict(list)
+        self.rule_count = 0
+        for subscriber in subscribers:
+            for rule in subscriber.rules:
+                compiled = _Compiled(subscriber.name, rule, parse(rule.query),
+                                     frozenset(s.casefold() for s in rule.sources))
+                for key in _index_keys(compiled):
+                    self._by_key[key].append(compiled)
+                self.rule_count += 1
+
+    def candidates(self, article: Article, words: _Words) -> list[_Compiled]:
+        keys = [("tag", tag) for tag in article.tag_names] + [("any", "")]
+        keys += [("word", w) for w in words.unique]
+        keys += [("prefix", w[:_PREFIX_KEY]) for w in words.unique if len(w) >= _PREFIX_KEY]
+        seen: dict[int, _Compiled] = {}
+        for key in keys:
+            for compiled in self._by_key.get(key, ()):
+                seen[id(compiled)] = compiled
+        return list(seen.values())
+
+    def match(self, article: Article) -> list[Match]:
+        """The rules this article matches; per subscriber, the first matching rule only."""
+        if not self.rule_count:
+            return []
+        words = _Words(article)
+        matches: dict[str, Match] = {}
+        for compiled in self.candidates(article, words):
+            if compiled.subscriber in matches:
+                continue
+            found = _evaluate(compiled, article, words)
+            if found:
+                matches[compiled.subscriber] = found
+        return list(matches.values())
+
+
+def _evaluate(compiled: _Compiled, article: Article, words: _Words) -> Match | None:
+    rule = compiled.rule
+    if rule.languages and article.language not in rule.languages:
+        return None
+    if compiled.sources and article.source.casefold() not in compiled.sources:
+        return None
+    terms: list[str] = []
+    hits = 0
+    if rule.tags:
+        tagged = [hit for hit in article.tags if hit.topic in rule.tags]
+        if not tagged:
+            return None
+        for hit in tagged:
+            terms += [t for t in hit.terms if t not in terms]
+            hits += sum(hit.terms.values())
+    for group in compiled.query.groups:
+        counts = [(term, words.count(term)) for term in group]
+        if not any(n for _, n in counts):
+            return None
+        for term, n in counts:
+            if n:
+                terms.append(term.text + ("*" if term.prefix else ""))
+                hits += n
+    if any(words.count(term) for term in compiled.query.excluded):
+        return None
+    if hits < rule.min_hits and (rule.tags or compiled.query.groups):
+        return None
+    return Match(compiled.subscriber, rule.id, terms, hits)
+
+
+def snippet(article: Article, terms: list[str], width: int = 90) -> str:
+    """A stretch of the text around the first matched term, the term marked with MARK_OPEN/MARK_CLOSE."""
+    text = article.text or article.title
+    folded = fold(text)
+    best = None  # (start, end, prefix) in the folded text
+    for term in terms:
+        prefix = term.endswith("*")
+        needle = fold(term.rstrip("*")).text.strip()
+        for found in re.finditer(re.escape(needle), folded.text) if needle else ():
+            start, end = found.span()
+            before_ok = start == 0 or not folded.text[start - 1].isalnum()
+            after_ok = prefix or end == len(folded.text) or not folded.text[end].isalnum()
+            if before_ok and after_ok:
+                if best is None or start < best[0]:
+                    best = (start, end, prefix)
+                break
+    if best is None:
+        return " ".join(text[: 2 * width].split())
+    start, end = folded.source_pos(best[0]), folded.source_pos(best[1])
+    if best[2]:  # a prefix: mark the whole word
+        end += re.match(r"\w*", text[end:]).end()
+    left = max(0, start - width)
+    right = min(len(text), end + width)
+    marked = text[left:start] + MARK_OPEN + text[start:end] + MARK_CLOSE + text[end:right]
+    return ("…" if left else "") + " ".join(marked.split()) + ("…" if right < len(text) else "")
