@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/es_sink.py
+	$(BIN)/python bench/alerts.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

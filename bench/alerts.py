@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,11 +115,14 @@ def latency(articles: list[Article], count: int) -> None:
         thread.start()
         bus = SqliteBus(data / "data" / "queue.db")
         published: dict[str, float] = {}
+        rng = random.Random(11)
+        vocabulary = sorted({w for a in articles for w in a.text.split() if w.isalpha()})
         for n in range(-1, count):  # n = -1: a warm-up alert, before the clock starts
             base = articles[n % len(articles)]
             url = f"{base.url}?n={n}"
-            article = Article(**{**base.to_dict(), "id": article_id(url), "url": url, "canonical_url": url,
-                                 "text": f"Edition {n}. " + base.text * (1 + n % 3)})
+            # A story of its own each time (the same text twice would be a duplicate, rightly not alerted).
+            story = " ".join(rng.choice(vocabulary) for _ in range(300))
+            article = replace(base, id=article_id(url), url=url, canonical_url=url, text=f"The edition {n}. {story}")
             published[article.id] = time.time()
             bus.publish(TAGGED, article.id, article.to_json())
             bus.flush()

@@ -17,7 +17,7 @@ import click
 import yaml
 
 from newsmon import __version__, settings as config
-from newsmon.bus import DEAD_LETTERS, SqliteBus
+from newsmon.bus import DEAD_LETTERS
 from newsmon.record import Article, article_id, to_iso, utc_now
 
 log = logging.getLogger("newsmon")
@@ -676,6 +676,20 @@ def alerts_status(as_json: bool) -> None:
         for f in status["failed"]:
             click.echo(f"  {f['created']} {f['subscriber']} article {f['article_id']}: {f['error']} "
                        f"({f['attempts']} attempts)")
+
+
+@alerts.command("feed")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+def alerts_feed(name: str, limit: int) -> None:
+    """Print NAME's matches as an Atom feed (newest first), for any feed reader."""
+    settings = _load()
+    if name not in {s.name for s in settings.subscribers}:
+        raise click.ClickException(f"no subscriber named {name} in {_subscribers_file(settings)}")
+    log_ = _open_alert_log(settings, channels=False)
+    feed = log_.atom(name, limit)
+    log_.close(drain=0)
+    click.echo(feed.decode("utf-8"), nl=False)
 
 
 @alerts.command("replay")

@@ -121,6 +121,10 @@ def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None
 def open_alerts(settings: Settings, *, channels: bool = True) -> AlertLog:
     """The delivery log in the data directory. To send, every subscriber's channel is checked
     first (``channels``); reading the status or replaying needs no channel."""
+    unknown = [f"{settings.config_dir / 'subscribers.yaml'}: rule {rule.id}: no topic {tag!r} in keywords.yaml"
+               for sub in settings.subscribers for rule in sub.rules for tag in rule.tags if tag not in settings.topics]
+    if unknown and channels:  # such a rule could never match: say so rather than stay silent
+        raise ConfigError("\n".join(unknown))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return AlertLog(settings.data_dir / "alerts.db", settings.subscribers, settings.pipeline.alerts,
                     data_dir=settings.data_dir, check_channels=channels)

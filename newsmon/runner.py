@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -28,6 +29,13 @@ _HOST = socket.gethostname()
 class SinkUnavailable(Exception):
     """A sink cannot take the batch now (its server is down or overloaded). Nothing of the batch
     is committed; the runner delivers it again later."""
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``attempt`` (0-based): exponential up to ``cap``, half of it
+    random, so sinks retrying at once spread out."""
+    delay = min(cap, base * 2**attempt)
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 Transform = Callable[[Article], Article]

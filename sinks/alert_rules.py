@@ -14,14 +14,15 @@ words, not the number of subscribers.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from enrich.keywords import fold
 from newsmon.record import Article
 from newsmon.settings import Rule, Subscriber
-from sinks.query import Query, Term, parse
+from sinks.query import Term, parse
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
 
 _WORD = re.compile(r"\w+")
@@ -37,10 +38,22 @@ class Match:
 
 
 @dataclass(frozen=True)
+class _Term:
+    text: str  # as the rule wrote it, for the explanation
+    words: tuple[str, ...]  # folded like the article's words
+    prefix: bool
+
+    @classmethod
+    def of(cls, term: Term) -> _Term:
+        return cls(term.text + ("*" if term.prefix else ""), tuple(_WORD.findall(fold(term.text).text)), term.prefix)
+
+
+@dataclass(frozen=True)
 class _Compiled:
     subscriber: str
     rule: Rule
-    query: Query
+    groups: tuple[tuple[_Term, ...], ...]  # all groups must match; any term of a group
+    excluded: tuple[_Term, ...]
     sources: frozenset[str]
 
 
@@ -48,60 +61,69 @@ class _Words:
     """An article's title and text, folded like the tagger folds them, ready for term lookups."""
 
     def __init__(self, article: Article):
-        self.tokens = _WORD.findall(fold(f"{article.title}\n{article.text}").text)
-        self.joined = " " + " ".join(self.tokens) + " "
-        self.unique = set(self.tokens)
+        tokens = _WORD.findall(fold(f"{article.title}\n{article.text}").text)
+        self.counts = Counter(tokens)
+        self.sorted = sorted(self.counts)
+        self.joined = " " + " ".join(tokens) + " "
 
-    def count(self, term: Term) -> int:
-        words = _WORD.findall(fold(term.text).text)
-        if not words:
+    @property
+    def unique(self) -> Iterable[str]:
+        return self.counts.keys()
+
+    def count(self, term: _Term) -> int:
+        if not term.words:
             return 0
-        if len(words) == 1 and not term.prefix:
-            return self.tokens.count(words[0]) if words[0] in self.unique else 0
-        phrase = " " + " ".join(words) + ("" if term.prefix else " ")
-        return self.joined.count(phrase)
+        if len(term.words) > 1:  # a phrase (or a word the folding splits, like e-mail)
+            return self.joined.count(" " + " ".join(term.words) + ("" if term.prefix else " "))
+        word = term.words[0]
+        if not term.prefix:
+            return self.counts.get(word, 0)
+        start = bisect_left(self.sorted, word)
+        end = bisect_left(self.sorted, word + "\U0010ffff")
+        return sum(self.counts[w] for w in self.sorted[start:end])
 
 
-def _terms(query: Query) -> Iterable[Term]:
-    return [t for group in query.groups for t in group]
-
-
-def _index_keys(compiled: _Compiled) -> list[tuple[str, str]]:
-    """Keys under which an article that can match this rule is sure to look."""
-    if compiled.rule.tags:
-        return [("tag", tag) for tag in compiled.rule.tags]
-    if not compiled.query.groups:
-        return [("any", "")]  # exclusions only: every article is a candidate
+def _index_keys(compiled: _Compiled) -> list[tuple]:
+    """Keys under which an article that can match this rule is sure to look: the words of one
+    required query group (words are more selective than topics), else its tags (with its
+    languages), else "any"."""
+    rule = compiled.rule
     keys = []
-    for term in compiled.query.groups[0]:  # one group is required: any of its terms must be there
-        words = _WORD.findall(fold(term.text).text)
-        if not words:
-            return [("any", "")]
-        if term.prefix and len(words) == 1:
-            if len(words[0]) < _PREFIX_KEY:
-                return [("any", "")]
-            keys.append(("prefix", words[0][:_PREFIX_KEY]))
+    for term in min(compiled.groups, key=len, default=()):  # any term of a required group must be there
+        if not term.words or (term.prefix and len(term.words) == 1 and len(term.words[0]) < _PREFIX_KEY):
+            keys = []
+            break
+        if term.prefix and len(term.words) == 1:
+            keys.append(("prefix", term.words[0][:_PREFIX_KEY]))
         else:
-            keys.append(("word", words[0]))
-    return keys
+            keys.append(("word", term.words[0]))
+    if keys:
+        return keys
+    if rule.tags and rule.languages:
+        return [("tag", tag, language) for tag in rule.tags for language in rule.languages]
+    if rule.tags:
+        return [("tag", tag) for tag in rule.tags]
+    return [("any",)]  # exclusions only, or prefixes too short to index: every article is a candidate
 
 
 class RuleIndex:
     """Every subscriber's rules, indexed by the tags and words they need."""
 
     def __init__(self, subscribers: Iterable[Subscriber]):
-        self._by_key: dict[tuple[str, str], list[_Compiled]] = defaultdict(list)
+        self._by_key: dict[tuple, list[_Compiled]] = defaultdict(list)
         self.rule_count = 0
         for subscriber in subscribers:
             for rule in subscriber.rules:
-                compiled = _Compiled(subscriber.name, rule, parse(rule.query),
-                                     frozenset(s.casefold() for s in rule.sources))
+                query = parse(rule.query)
+                compiled = _Compiled(subscriber.name, rule, tuple(tuple(map(_Term.of, g)) for g in query.groups),
+                                     tuple(map(_Term.of, query.excluded)), frozenset(s.casefold() for s in rule.sources))
                 for key in _index_keys(compiled):
                     self._by_key[key].append(compiled)
                 self.rule_count += 1
 
     def candidates(self, article: Article, words: _Words) -> list[_Compiled]:
-        keys = [("tag", tag) for tag in article.tag_names] + [("any", "")]
+        keys: list[tuple] = [("any",)]
+        keys += [k for tag in article.tag_names for k in (("tag", tag), ("tag", tag, article.language))]
         keys += [("word", w) for w in words.unique]
         keys += [("prefix", w[:_PREFIX_KEY]) for w in words.unique if len(w) >= _PREFIX_KEY]
         seen: dict[int, _Compiled] = {}
@@ -140,17 +162,17 @@ def _evaluate(compiled: _Compiled, article: Article, words: _Words) -> Match | N
         for hit in tagged:
             terms += [t for t in hit.terms if t not in terms]
             hits += sum(hit.terms.values())
-    for group in compiled.query.groups:
+    for group in compiled.groups:
         counts = [(term, words.count(term)) for term in group]
         if not any(n for _, n in counts):
             return None
         for term, n in counts:
             if n:
-                terms.append(term.text + ("*" if term.prefix else ""))
+                terms.append(term.text)
                 hits += n
-    if any(words.count(term) for term in compiled.query.excluded):
+    if any(words.count(term) for term in compiled.excluded):
         return None
-    if hits < rule.min_hits and (rule.tags or compiled.query.groups):
+    if hits < rule.min_hits and (rule.tags or compiled.groups):
         return None
     return Match(compiled.subscriber, rule.id, terms, hits)
 

@@ -28,15 +28,16 @@ between those steps resends the same digest (same delivery id), never a second o
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -45,9 +46,10 @@ from zoneinfo import ZoneInfo
 
 from enrich.keywords import fold
 from newsmon.record import Article
+from newsmon.runner import backoff
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, Subscriber
 from sinks.alert_rules import Match, RuleIndex, snippet
-from sinks.channels import Channel, ChannelError, DeliveryError, parse_channel, send
+from sinks.channels import Channel, ChannelError, DeliveryError, parse_channel, send, snippet_html
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,6 @@ def next_digest(schedule: DigestSchedule, after: float) -> float:
     return slot.timestamp()
 
 
-def backoff(attempt: int, settings: AlertSettings, retry_after: float | None = None) -> float:
-    delay = min(settings.backoff_max, settings.backoff_initial * 2 ** attempt)
-    delay = delay / 2 + random.uniform(0, delay / 2)
-    return max(delay, retry_after or 0.0)
-
-
 def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -179,6 +175,32 @@ def check_subscribers(subscribers: Iterable[Subscriber], data_dir: Path, env=os.
     if problems:
         raise ConfigError("\n".join(problems))
     return channels
+
+
+def atom_feed(subscriber: str, entries: list[tuple[str, dict, float]], now: float) -> bytes:
+    """Atom 1.0 (RFC 4287): one entry per (delivery id, alert item, time it matched)."""
+    atom = "http://www.w3.org/2005/Atom"
+    feed = ET.Element("feed", xmlns=atom)
+    ET.SubElement(feed, "id").text = f"urn:newsmon:alerts:{subscriber}"
+    ET.SubElement(feed, "title").text = f"newsmon alerts for {subscriber}"
+    ET.SubElement(feed, "updated").text = _iso(entries[0][2] if entries else now)
+    ET.SubElement(ET.SubElement(feed, "author"), "name").text = "newsmon"
+    for delivery_id, item, created in entries:
+        entry = ET.SubElement(feed, "entry")
+        ET.SubElement(entry, "id").text = f"urn:newsmon:delivery:{delivery_id}"
+        ET.SubElement(entry, "title").text = item["title"] or item["url"]
+        ET.SubElement(entry, "link", href=item["url"])
+        ET.SubElement(entry, "updated").text = _iso(created)
+        if item.get("published"):
+            ET.SubElement(entry, "published").text = item["published"]
+        summary = snippet_html(item["snippet"])
+        terms = ", ".join(item["matched_terms"])
+        ET.SubElement(entry, "summary", type="html").text = (
+            f"<p>{summary}</p><p>{html.escape(item['source'] or '')} · {html.escape(item['language'] or '')} · "
+            f"matched: {html.escape(terms)} (rule {html.escape(item['rule_id'])})</p>")
+        for tag in item.get("tags", []):
+            ET.SubElement(entry, "category", term=tag)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(feed, encoding="utf-8")
 
 
 class AlertLog:
@@ -331,12 +353,12 @@ class AlertLog:
             self._forget_old_sketches(now - self.settings.duplicate_window_days * 86400)
             self._pruned_at = now
         self.make_digests(now)
-        with self._lock:
-            rows = self._db.execute(
+        with self._lock:  # selecting and claiming at once: a send finishing meanwhile cannot be claimed again
+            digests = self._claim(self._db.execute(
+                "SELECT * FROM digests WHERE state = 'pending' AND next_at <= ? ORDER BY next_at", (now,)))
+            rows = self._claim(self._db.execute(
                 "SELECT * FROM deliveries WHERE state = 'pending' AND route = 'immediate' AND next_at <= ?"
-                " ORDER BY next_at LIMIT 500", (now,)).fetchall()
-            digests = self._db.execute(
-                "SELECT * FROM digests WHERE state = 'pending' AND next_at <= ? ORDER BY next_at", (now,)).fetchall()
+                " ORDER BY next_at LIMIT 500", (now,)))
         for row in digests:
             self._submit(row, self._digest)
         for row in rows:
@@ -348,14 +370,20 @@ class AlertLog:
         upcoming += [self._next_digest_due(name) for name in self._digest_subscribers()]
         return max(0.05, min([u - self.clock() for u in upcoming if u is not None] + [1.0]))
 
+    def _claim(self, rows: Iterable[sqlite3.Row]) -> list[sqlite3.Row]:
+        """The rows not being sent already, at most two per subscriber in flight (so a hanging
+        receiver occupies two workers and every other subscriber's alerts still go out)."""
+        claimed = []
+        for row in rows:
+            busy = sum(1 for s in self._in_flight.values() if s == row["subscriber"])
+            if row["id"] not in self._in_flight and busy < 2:
+                self._in_flight[row["id"]] = row["subscriber"]
+                claimed.append(row)
+        return claimed
+
     def _submit(self, row: sqlite3.Row, send_one: Callable[[sqlite3.Row], None]) -> None:
-        """Send on the pool; at most two sends per subscriber at once, so a hanging receiver
-        occupies two workers and every other subscriber's alerts still go out."""
-        key, subscriber = row["id"], row["subscriber"]
-        with self._lock:
-            if key in self._in_flight or list(self._in_flight.values()).count(subscriber) >= 2:
-                return
-            self._in_flight[key] = subscriber
+        """Send a claimed row on the pool."""
+        key = row["id"]
 
         def run():
             try:
@@ -408,7 +436,8 @@ class AlertLog:
                 return
             final = not error.retriable or attempts >= self.settings.max_attempts
             state = "failed" if final else "pending"
-            next_at = now + backoff(attempts - 1, self.settings, error.retry_after)
+            next_at = now + max(error.retry_after or 0.0,
+                                backoff(attempts - 1, self.settings.backoff_initial, self.settings.backoff_max))
             self._db.execute(f"UPDATE {table} SET state = ?, attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
                              (state, attempts, next_at, error.reason, row["id"]))
             if table == "digests" and final:
@@ -496,6 +525,13 @@ class AlertLog:
                 f" WHERE state = 'failed' {where}", (now, *params)).rowcount
         self._wake.set()
         return count
+
+    def atom(self, name: str, limit: int = 50) -> bytes:
+        """The subscriber's matches as an Atom feed, newest first, so any feed reader can follow them."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, item, created FROM deliveries WHERE subscriber = ? AND state != 'duplicate'"
+                                    " ORDER BY created DESC LIMIT ?", (name, limit)).fetchall()
+        return atom_feed(name, [(r["id"], json.loads(r["item"]), r["created"]) for r in rows], self.clock())
 
     def send_test(self, name: str) -> None:
         """Send a sample alert to one subscriber now; raises DeliveryError if the channel refuses it."""

@@ -242,12 +242,15 @@ def send(channel: Channel, alert: dict, *, secrets: Sequence[str] = (), smtp: Sm
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", retriable=False)
 
 
+def snippet_html(snippet) -> str:
+    """A snippet as escaped HTML with <mark> around the matches (the private-use markers newsmon
+    uses inside mean nothing outside it)."""
+    return html.escape(str(snippet or "")).replace(MARK_OPEN, "<mark>").replace(MARK_CLOSE, "</mark>")
+
+
 def _as_json(alert: dict) -> dict:
-    """The alert as webhook and file receivers get it: snippets as HTML with <mark> around matches,
-    as ``newsmon search --json`` gives them (the private-use markers mean nothing outside newsmon)."""
-    items = [{**item, "snippet": html.escape(str(item.get("snippet") or "")).replace(MARK_OPEN, "<mark>")
-              .replace(MARK_CLOSE, "</mark>")} for item in alert.get("items", [])]
-    return {**alert, "items": items}
+    """The alert as webhook and file receivers get it: snippets in HTML, as ``newsmon search --json`` has them."""
+    return {**alert, "items": [{**item, "snippet": snippet_html(item.get("snippet"))} for item in alert.get("items", [])]}
 
 
 # -- HTTP (webhook, Slack) ----------------------------------------------------------------------
@@ -359,7 +362,7 @@ def email_html(alert: dict) -> str:
         title = esc(_oneline(item.get("title")) or "(untitled)")
         url = item.get("url")
         link = f'<a href="{esc(url)}">{title}</a>' if _is_link(url) else title
-        snippet = esc(str(item.get("snippet") or "")).replace(MARK_OPEN, "<mark>").replace(MARK_CLOSE, "</mark>")
+        snippet = snippet_html(item.get("snippet"))
         terms = esc(", ".join(map(str, item.get("matched_terms") or [])))
         parts.append(f"<h3>{link}</h3><p>{esc(_meta(item))}<br>Matched: {terms}</p><blockquote>{snippet}</blockquote>")
     if more:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from newsmon.record import Article, utc_now
-from newsmon.runner import SinkUnavailable
+from newsmon.runner import SinkUnavailable, backoff
 from newsmon.settings import ElasticsearchSettings
 from sinks.query import Query, Term, parse
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters, Hit, SearchResult
@@ -159,12 +158,6 @@ def _error_text(error) -> str:
         cause = error.get("caused_by")
         return f"{text} (caused by {_error_text(cause)})" if cause else text
     return str(error)
-
-
-def backoff(attempt: int, cap: float, base: float = 0.5) -> float:
-    """Exponential backoff with jitter: half of it fixed, half random, so retrying sinks spread out."""
-    delay = min(cap, base * 2**attempt)
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 @dataclass(frozen=True)
@@ -313,7 +306,7 @@ class EsIndex:
                 self.health.set(True)
                 return rejected
             self.health.set(False, last_error)
-            delay = backoff(attempt, s.backoff_max)
+            delay = backoff(attempt, 0.5, s.backoff_max)
             attempt += 1
             if time.monotonic() + delay > deadline:
                 raise SinkUnavailable(f"{len(retry)} document(s) not accepted after {s.give_up_after:g}s: {last_error}")

@@ -8,12 +8,14 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+import feedparser
 import pytest
 import yaml
 
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import decode_html, extract_html
+from newsmon.pipeline import open_alerts
 from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
@@ -282,6 +284,13 @@ def test_digest_slots_follow_the_subscribers_time_zone_across_dst():
     assert slot.strftime("%a %H:%M") == "Fri 07:30"
 
 
+def test_a_rule_on_an_unknown_topic_is_a_configuration_error(config_dir, make_settings):
+    (config_dir / "subscribers.yaml").write_text(
+        "subscribers:\n  - name: desk\n    channel: file://a.jsonl\n    rules: [{tags: [natto]}]\n")
+    with pytest.raises(ConfigError, match=r"subscribers.yaml: rule desk/1: no topic 'natto' in keywords.yaml"):
+        open_alerts(make_settings())
+
+
 def test_cli_add_list_test_status_remove(config_dir, tmp_path):
     env = {"NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
     (config_dir / "subscribers.yaml").write_text("subscribers: []\n")
@@ -309,3 +318,31 @@ def test_cli_add_list_test_status_remove(config_dir, tmp_path):
     assert cli("remove", "desk").returncode == 0
     assert cli("remove", "desk").returncode == 1
     assert yaml.safe_load((config_dir / "subscribers.yaml").read_text())["subscribers"] == []
+
+
+def test_under_load_every_alert_is_sent_exactly_once(open_log):
+    """The dispatcher never claims a delivery whose send is finishing (the receiver refuses replays)."""
+    with WebhookReceiver(["s3cret"]) as hook:
+        log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET", rate_limit=1000)])
+        articles = [_article(n, tags={"bridges": {"bridge": 1}}, text=f"Story {n}: " + " ".join(
+            f"u{n}q{k}" for k in range(30))) for n in range(200)]
+        for start in range(0, 200, 10):
+            log.accept(articles[start:start + 10])
+        _wait_for(lambda: len(hook.accepted) >= 200, 30, "200 alerts")
+        assert log.settle(5)
+        assert sorted(a["items"][0]["id"] for a in hook.accepted) == sorted(a.id for a in articles)
+        assert set(hook.answers) == {200} and len(hook.answers) == 200
+
+
+def test_atom_feed_per_subscriber_reads_in_a_feed_reader(open_log):
+    log = open_log([_subscriber("desk", "file://alerts.jsonl")])
+    articles = [_article(n, tags={"bridges": {"bridge": 1}}, title=f"Bridge <{n}> & co", text=f"Story {n}: " + " ".join(
+        f"a{n}b{k}" for k in range(30)) + " bridge") for n in range(3)]
+    log.accept(articles)
+    raw = log.atom("desk")
+    parsed = feedparser.parse(raw)
+    assert not parsed.bozo and parsed.feed.title == "newsmon alerts for desk"
+    assert sorted(e.title for e in parsed.entries) == [f"Bridge <{n}> & co" for n in range(3)]
+    assert {e.link for e in parsed.entries} == {a.url for a in articles}
+    assert parsed.entries[0].tags[0].term == "bridges" and "matched: bridge (rule desk/1)" in parsed.entries[0].summary
+    assert b"&lt;mark&gt;bridge&lt;/mark&gt;" in raw  # the highlight (feed readers may strip <mark>)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,12 @@ def test_demo_then_search_and_stats(env):
     stats = json.loads(newsmon(env, "stats", "--json").stdout)
     assert stats["index"]["articles"] == 14
     assert all(stage["backlog"] == 0 for stage in stats["stages"].values())
+
+    # The demo's subscriber (NATO in French, config/subscribers.yaml) got the Euronews article once,
+    # although the demo ran twice.
+    alerts = [json.loads(line) for line in (Path(env["NEWSMON_DATA_DIR"]) / "alerts.jsonl").read_text().splitlines()]
+    assert [a["items"][0]["url"].rsplit("/", 1)[1] for a in alerts] == [f"{EURONEWS_SLUG}.html"]
+    assert "Alerts: demo-desk sent 1" in second.stdout and stats["alerts"]["subscribers"]["demo-desk"] == {"sent": 1}
 
 
 def test_search_rejects_bad_dates_and_missing_index(env):
