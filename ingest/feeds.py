@@ -20,6 +20,7 @@ import feedparser
 
 from ingest.http import FetchError, Fetcher
 from ingest.urls import canonicalize
+from newsmon import metrics
 from newsmon.bus import connect_sqlite
 from newsmon.record import Article, article_id, from_epoch, utc_now
 from newsmon.settings import Feed
@@ -207,11 +208,11 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
         else:
             parsed = parse_feed(response.content, feed, response.final_url, response.headers.get("content-type", ""))
             for reason in parsed.skipped:
-                log.warning("feed %s: skipped %s", feed.url, reason)
+                log.warning("feed %s: skipped %s", feed.url, reason, extra={"feed_url": feed.url})
             if parsed.warning:
-                log.warning("feed %s: %s", feed.url, parsed.warning)
+                log.warning("feed %s: %s", feed.url, parsed.warning, extra={"feed_url": feed.url})
             if not parsed.articles and not parsed.skipped:
-                log.info("feed %s: feed has no entries", feed.url)
+                log.info("feed %s: feed has no entries", feed.url, extra={"feed_url": feed.url})
             fresh = store.unseen(a.canonical_url for a in parsed.articles)
             result.new = [a for a in parsed.articles if a.canonical_url in fresh]
             state.etag = response.headers.get("etag")
@@ -225,8 +226,10 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
             result.error = str(exc)
         state.last_error = result.error
         state.failures += 1
-        log.warning("feed %s: %s", feed.url, result.error)
+        log.warning("feed %s: %s", feed.url, result.error, extra={"feed_url": feed.url})
     store.save(state)
+    metrics.FEED_POLLS.labels(feed.url, str(state.last_status or 0)).inc()
+    (metrics.FEED_LAST_FAILURE if result.error else metrics.FEED_LAST_SUCCESS).labels(feed.url).set(state.last_polled)
     return result
 
 

@@ -16,25 +16,11 @@ from pathlib import Path
 import click
 import yaml
 
-from newsmon import __version__, settings as config
+from newsmon import __version__, logs, settings as config
 from newsmon.bus import DEAD_LETTERS
 from newsmon.record import Article, article_id, to_iso, utc_now
 
 log = logging.getLogger("newsmon")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx", "httpcore", "trafilatura", "htmldate", "charset_normalizer", "pebble", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # kafka-python logs each dropped connection and protocol probe at ERROR and then retries by itself;
-    # failures that matter reach us as exceptions.
-    logging.getLogger("kafka.conn").setLevel(logging.CRITICAL)
 
 
 def _bus_option(command):
@@ -75,6 +61,13 @@ class _Reporter:
             click.echo("", err=True)
 
 
+def _watch_config(settings: config.Settings, bus: str | None) -> config.ConfigWatch:
+    """Feeds and keywords are read again when their files change, and on SIGHUP."""
+    watch = config.ConfigWatch(settings, {"bus": bus} if bus else None)
+    signal.signal(signal.SIGHUP, lambda signum, frame: watch.requested.set())
+    return watch
+
+
 def _stop_on_signals() -> threading.Event:
     """First Ctrl-C or SIGTERM: finish the batch in hand, commit, and exit cleanly."""
     stop = threading.Event()
@@ -99,7 +92,7 @@ def main(verbose: bool) -> None:
     Data goes to $NEWSMON_DATA_DIR (default ./data); configuration is read from
     $NEWSMON_CONFIG_DIR (default ./config).
     """
-    _setup_logging(verbose)
+    logs.setup(verbose)
 
 
 @main.command()
@@ -187,7 +180,8 @@ def run_command(once: bool, bus: str | None) -> None:
     stop = _stop_on_signals()
     reporter = _Reporter()
     try:
-        progress = run(settings, settings.feeds, once=once, stop=stop, report=reporter)
+        progress = run(settings, settings.feeds, once=once, stop=stop, report=reporter,
+                       watch=None if once else _watch_config(settings, bus))
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     reporter.finish(progress)
@@ -212,7 +206,8 @@ def stage(name: str, bus: str | None) -> None:
     settings = _load(bus)
     stop = _stop_on_signals()
     try:
-        run(settings, settings.feeds, names=[name], once=False, stop=stop)
+        logs.process_stage = name
+        run(settings, settings.feeds, names=[name], once=False, stop=stop, watch=_watch_config(settings, bus))
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -700,6 +695,233 @@ def alerts_replay(subscriber: str | None) -> None:
     count = log_.replay(subscriber)
     log_.close(drain=0)
     click.echo(f"{count} failed delivery(ies) queued again")
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration files in $NEWSMON_CONFIG_DIR (pipeline, feeds, keywords, subscribers)."""
+
+
+@config_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": true|false, "problems": [...]} on stdout.')
+def config_check(as_json: bool) -> None:
+    """Check the configuration as the processes would at start-up, without running anything.
+
+    \b
+    Checks the four YAML files (pipeline.yaml with the NEWSMON_* environment
+    overrides, feeds.yaml, keywords.yaml, subscribers.yaml), duplicate feed URLs,
+    rule tags missing from keywords.yaml, and every subscriber's channel URL and
+    webhook secret (the secret variables must be set in this environment).
+    Every problem is listed, one per line naming the file, the key and the reason;
+    the exit status is 1 if there is any. Nothing is created or connected to.
+    """
+    import os
+
+    # Resolved as settings.load() resolves them; load() itself is the authority in _config_problems.
+    config_dir = Path(os.environ.get("NEWSMON_CONFIG_DIR") or "config")
+    data_dir = Path(os.environ.get("NEWSMON_DATA_DIR") or "data")
+    problems, settings, files_failed = _config_problems(config_dir, data_dir)
+    if as_json:
+        click.echo(json.dumps({"ok": not problems, "problems": problems}, ensure_ascii=False))
+    elif problems:
+        for line in problems:
+            click.echo(line, err=True)
+        if files_failed:  # load() stops at the first broken file, before the overrides are applied
+            click.echo("(the environment overrides are checked once the files are valid)", err=True)
+        click.echo(f"{len(problems)} problem(s) in {config_dir}", err=True)
+    else:
+        click.echo(f"config OK: {len(settings.feeds)} feeds, {len(settings.topics)} topics, "
+                   f"{len(settings.subscribers)} subscribers ({config_dir})")
+    if problems:
+        sys.exit(1)
+
+
+def _config_problems(config_dir: Path, data_dir: Path) -> tuple[list[str], config.Settings | None, bool]:
+    """Every problem as a line naming file, key and reason; the settings if they load; whether a file failed."""
+    import os
+
+    from sinks.alerts import check_subscribers
+
+    problems: list[str] = []
+
+    def add(message: str) -> None:
+        # A ConfigError lists one problem per line, each starting with the file's path; a YAML syntax
+        # error goes on over a few lines (the mark under the offending spot): those belong to it.
+        found: list[str] = []
+        for line in message.splitlines():
+            if line.startswith(str(config_dir)) or not found:
+                found.append(line)
+            else:
+                found[-1] += "\n" + line
+        problems.extend(p for p in found if p not in problems)  # load() and the per-file pass report a file alike
+
+    settings, load_error = None, ""
+    try:
+        settings = config.load(config_dir, data_dir)
+    except config.ConfigError as exc:
+        load_error = str(exc)
+    if not config_dir.is_dir():
+        add(load_error)
+        return problems, None, False
+
+    # load() stops at the first broken file: read each file on its own to report them all.
+    # (file, model, required) as in settings.load().
+    files, files_failed = {}, False
+    for name, model, required in (("pipeline.yaml", config.PipelineSettings, False),
+                                  ("feeds.yaml", config.FeedsFile, True),
+                                  ("keywords.yaml", config.KeywordsFile, True),
+                                  ("subscribers.yaml", config.SubscribersFile, False)):
+        try:
+            files[name] = config.read_yaml(config_dir / name, model, required)
+        except config.ConfigError as exc:
+            add(str(exc))
+            files_failed = True
+    add(load_error)  # what is left once the files are valid: pipeline.yaml with the environment overrides
+
+    if feeds_file := files.get("feeds.yaml"):
+        first: dict[str, int] = {}
+        for n, feed in enumerate(feeds_file.feeds):
+            url = feed.url.strip()
+            if url in first:  # polled twice and every article discovered twice over: surely a mistake
+                add(f"{config_dir / 'feeds.yaml'}: feeds[{n}].url: same URL as feeds[{first[url]}] ({url})")
+            else:
+                first[url] = n
+    if subscribers_file := files.get("subscribers.yaml"):
+        if keywords_file := files.get("keywords.yaml"):
+            for line in config.unknown_topics(subscribers_file.subscribers, keywords_file.topics,
+                                              config_dir / "subscribers.yaml"):
+                add(line)
+        try:  # parses channel URLs only: no connection, nothing created (data_dir resolves relative file:// paths)
+            check_subscribers(subscribers_file.subscribers, data_dir, os.environ)
+        except config.ConfigError as exc:
+            add("\n".join(f"{config_dir / 'subscribers.yaml'}: {line}" for line in str(exc).splitlines()))
+    return problems, settings, files_failed
+
+
+@main.group("feeds")
+def feeds_group() -> None:
+    """The feeds to poll (config/feeds.yaml): list them, import an OPML subscription list."""
+
+
+@feeds_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per feed.")
+def feeds_list(as_json: bool) -> None:
+    """The configured feeds, one per line: name, URL, poll interval, language hint."""
+    settings = _load()
+    for feed in settings.feeds:
+        if as_json:
+            click.echo(json.dumps(feed.model_dump(), ensure_ascii=False))
+        else:
+            hint = f", language {feed.language}" if feed.language else ""
+            click.echo(f"{feed.name}  {feed.url}  (every {feed.interval} s{hint})")
+    if not as_json:
+        click.echo(f"{len(settings.feeds)} feed(s) in {settings.config_dir / 'feeds.yaml'}", err=True)
+
+
+@feeds_group.command("import")
+@click.argument("opml_file", metavar="FILE.opml", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--interval", type=click.IntRange(min=10), default=config.Feed.model_fields["interval"].default,
+              show_default=True, help="Seconds between polls for the imported feeds (at least 10).")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+def feeds_import(opml_file: Path, interval: int, dry_run: bool) -> None:
+    """Add the feeds of an OPML subscription list (exported by a feed reader) to feeds.yaml.
+
+    \b
+    Folders are flattened. Each new feed gets the outline's title (else its text,
+    else the URL's host), its xmlUrl, --interval and its language attribute if any.
+    URLs already configured are skipped, and so are outlines whose xmlUrl is not
+    http(s) (each one is named, with the reason). feeds.yaml is rewritten, without
+    its comments, only if a feed was added. The file is parsed safely: entity
+    declarations (billion laughs) and external references are refused.
+    """
+    from pydantic import ValidationError
+
+    from ingest.opml import read_opml
+
+    settings = _load()
+    path = settings.config_dir / "feeds.yaml"
+    try:
+        found = read_opml(opml_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{opml_file}: {exc}") from None
+
+    merged = [feed.model_dump(exclude_none=True) for feed in settings.feeds]
+    known = {feed.url.strip() for feed in settings.feeds}
+    added, skipped, invalid = [], 0, 0
+    for item in found:
+        entry = {"name": item.name or item.url or "(untitled)", "url": item.url, "interval": interval}
+        if item.language:
+            entry["language"] = item.language
+        label = f"{item.folder} / {entry['name']}" if item.folder else entry["name"]
+        if item.url in known:
+            skipped += 1
+            click.echo(f"  = {label}  {item.url}  (already configured)")
+            continue
+        try:
+            config.Feed.model_validate(entry)  # the same rules as a hand-written feeds.yaml
+        except ValidationError as exc:
+            if bad := [err["msg"] for err in exc.errors() if err["loc"] == ("interval",)]:  # the option, not the outline
+                raise click.BadParameter(f"{interval}: {bad[0]}", param_hint="--interval") from None
+            invalid += 1
+            click.echo(f"{_describe_feed_error(opml_file, label, exc.errors())}: skipped", err=True)
+            continue
+        known.add(item.url)  # a feed listed in two folders is added once
+        merged.append(entry)
+        added.append(entry)
+        click.echo(f"  + {label}  {item.url}")
+
+    try:
+        config.FeedsFile.model_validate({"feeds": merged})  # the whole file, as the processes will read it
+    except ValidationError as exc:
+        raise click.ClickException(config._describe(path, exc)) from None
+    counts = f"{len(added)} feeds, skipped {skipped} (already configured), {invalid} invalid"
+    if dry_run:
+        click.echo(f"dry run, would have imported {counts}; {path} not changed")
+        return
+    if added:  # nothing new: leave the file (and its comments) alone
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text("# Feeds to poll; see README. Edited by `newsmon feeds import` (comments are not kept).\n"
+                       + yaml.safe_dump({"feeds": merged}, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(path)  # atomic: a running process reloading feeds.yaml never sees half a file
+    click.echo(f"imported {counts}")
+
+
+def _describe_feed_error(opml_file: Path, label: str, errors: list[dict]) -> str:
+    reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in errors)  # pydantic's prefix says nothing
+    return f"{opml_file}: outline {label!r}: {reasons}"
+
+
+@main.command()
+@click.argument("url")
+@click.option("--allow-private", "allow", multiple=True, metavar="CIDR",
+              help="Also allow this non-public network (besides fetch.allow_private); repeatable.")
+@click.option("--body", is_flag=True, help="Print the body too (decompressed, as received).")
+def fetch(url: str, allow: tuple[str, ...], body: bool) -> None:
+    """Fetch one URL through newsmon's fetcher, with its rules (address policy, redirects, size and time
+    caps), and print status, final URL, redirects, headers and size; or the refusal reason (exit 1)."""
+    from ingest.http import Fetcher, FetchError
+
+    settings = _load()
+    fetch_settings = settings.pipeline.fetch.model_copy(
+        update={"allow_private": [*settings.pipeline.fetch.allow_private, *allow]})
+    try:
+        fetcher = Fetcher(fetch_settings)
+    except ValueError as exc:  # a CIDR that is not one
+        raise click.BadParameter(str(exc), param_hint="--allow-private") from None
+    try:
+        result = fetcher.get(url)
+    except FetchError as exc:
+        raise click.ClickException(f"{url}: {exc.reason}") from None
+    finally:
+        fetcher.close()
+    click.echo(f"HTTP {result.status}  {result.final_url}")
+    for hop in result.redirects:
+        click.echo(f"  redirected to {hop}")
+    for name, value in result.headers.items():
+        click.echo(f"{name}: {value}")
+    click.echo(f"\n{len(result.content)} bytes (decompressed)")
+    if body:
+        click.echo(result.content.decode(result.charset or "utf-8", "replace"))
 
 
 if __name__ == "__main__":

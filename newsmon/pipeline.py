@@ -30,9 +30,11 @@ from ingest.extract import Extractor
 from ingest.feeds import FeedStore, due_feeds, poll_feed
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
+from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
+from newsmon.record import Article, to_epoch
 from newsmon.runner import SinkUnavailable, Stage, process_batch, worker_context
-from newsmon.settings import ConfigError, Feed, Settings
+from newsmon.settings import ConfigError, ConfigWatch, Feed, Settings, unknown_topics
 from sinks.alerts import AlertLog
 from sinks.sqlite_index import SqliteIndex
 
@@ -75,14 +77,37 @@ def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAG
     if "language" in names:
         stages.append(Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language), cpu_bound=True))
     if "tag" in names:
-        stages.append(Stage("tag", DETECTED, TAGGED, res.tagger.tag))
+        stages.append(Stage("tag", DETECTED, TAGGED, partial(_tag, res)))
     if "index" in names:
         es = p.elasticsearch
         batching = {"batch_size": es.bulk_docs, "linger": es.flush_seconds} if es.url else {}
-        stages.append(Stage("index", TAGGED, deliver=res.index.upsert_many, **batching))
+        stages.append(Stage("index", TAGGED, deliver=partial(_index, res.index), **batching))
     if "alert" in names:
         stages.append(Stage("alert", TAGGED, deliver=res.alerts.accept))
     return stages
+
+
+def _tag(res: Resources, article: Article) -> Article:
+    return res.tagger.tag(article)  # looked up per record: a keywords reload swaps the tagger
+
+
+def _index(index: SearchIndex, articles: list[Article]) -> list[tuple[Article, str]]:
+    """The index sink, measuring how long articles took to become searchable."""
+    rejected = index.upsert_many(articles)
+    refused = {article.id for article, _ in rejected}
+    now = time.time()
+    for article in articles:
+        if article.id in refused:
+            continue
+        for moment, histogram in ((article.discovered, metrics.DISCOVERED_TO_INDEXED),
+                                  (article.published, metrics.PUBLISHED_TO_INDEXED)):
+            if not moment:
+                continue
+            try:
+                histogram.observe(max(0.0, now - to_epoch(moment)))
+            except ValueError:
+                pass  # a date the feed gave in another form: no measurement, no harm
+    return rejected
 
 
 def open_bus(settings: Settings) -> Bus:
@@ -121,8 +146,7 @@ def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None
 def open_alerts(settings: Settings, *, channels: bool = True) -> AlertLog:
     """The delivery log in the data directory. To send, every subscriber's channel is checked
     first (``channels``); reading the status or replaying needs no channel."""
-    unknown = [f"{settings.config_dir / 'subscribers.yaml'}: rule {rule.id}: no topic {tag!r} in keywords.yaml"
-               for sub in settings.subscribers for rule in sub.rules for tag in rule.tags if tag not in settings.topics]
+    unknown = unknown_topics(settings.subscribers, settings.topics, settings.config_dir / "subscribers.yaml")
     if unknown and channels:  # such a rule could never match: say so rather than stay silent
         raise ConfigError("\n".join(unknown))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -262,16 +286,23 @@ class StageThreads:
                     self.report()
         consumer.close()
 
+    def alive(self) -> bool:
+        """Every stage thread still runs (they only end when asked to)."""
+        return all(thread.is_alive() for thread in self._threads) or self._stop.is_set()
+
     def idle(self) -> bool:
         """True when every message on every stage's topic has been processed and committed."""
         return all(self.res.bus.backlog(s.name, s.consumes) == 0 for s in self.stages)
 
 
 def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_NAMES, once: bool,
-        stop: threading.Event, report: Callable[[Progress], None] = lambda p: None, force_poll: bool = False) -> Progress:
+        stop: threading.Event, report: Callable[[Progress], None] = lambda p: None, force_poll: bool = False,
+        watch: ConfigWatch | None = None) -> Progress:
     """Run the named stages until ``stop`` is set, or, with ``once``, until one round is fully processed.
 
-    On ``stop`` every stage finishes the batch in hand and commits before this returns.
+    On ``stop`` every stage finishes the batch in hand and commits before this returns. With
+    ``watch``, changed feeds and keywords are picked up without a restart. With
+    ``pipeline.metrics_addr`` set, /metrics, /healthz and /readyz are served meanwhile.
     """
     names = list(names)
     progress = Progress()
@@ -279,6 +310,13 @@ def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_N
         stages = build_stages(settings, res, names)
         executors = stack.enter_context(stage_executors(stages, settings)) if stages else (None, None)
         workers = stack.enter_context(StageThreads(stages, res, settings, progress, executors, lambda: report(progress)))
+        bus_problem = _BusProbe(res, stages)
+        if settings.pipeline.metrics_addr:
+            health = metrics.Health(alive=workers.alive)
+            health.add_check("bus", bus_problem)
+            if sink_health := getattr(res.index, "health", None):  # Elasticsearch reports whether it is reachable
+                health.add_check("search index", lambda: None if sink_health.healthy else sink_health.error)
+            stack.callback(metrics.serve(settings.pipeline.metrics_addr, health))
         sharding = res.bus.sharding("poll", FEED_SHARDS) if "poll" in names else None
         if sharding:
             stack.callback(sharding.close)
@@ -289,14 +327,43 @@ def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_N
             if once and workers.idle():
                 break
             stop.wait(idle_check if once else 1.0)
+            bus_problem.refresh()
+            if watch and (reloaded := watch.poll()):
+                feeds = reloaded.feeds
+                if res.tagger:
+                    res.tagger = KeywordTagger(reloaded.topics)  # the tag stage reads res.tagger per record
             if sharding and not once:
                 poll_due(feeds, res, progress, sharding.owner())
     return progress
 
 
-def _seconds_to_next_poll(feeds: list[Feed], res: Resources) -> float:
-    now, waits = time.time(), [5.0]
-    for feed in feeds:
-        last = res.feeds.get(feed.url).last_polled or 0
-        waits.append(last + feed.interval - now)
-    return max(0.2, min(waits))
+class _BusProbe:
+    """Readiness of the bus, and consumer lag for the metrics, measured every 15 s from the main loop
+    (bus clients are not shared across threads; the HTTP thread only reads the last answer). An
+    unreachable Elasticsearch is probed again at the same pace."""
+
+    every = 15.0
+
+    def __init__(self, res: Resources, stages: list[Stage]):
+        self.res, self.stages = res, stages
+        self.problem: str | None = None
+        self._next = 0.0
+
+    def __call__(self) -> str | None:
+        return self.problem
+
+    def refresh(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every
+        try:
+            for stage in self.stages:
+                metrics.LAG.labels(stage.name, stage.consumes).set(self.res.bus.backlog(stage.name, stage.consumes))
+            if not self.stages:  # a poller: any answer from the brokers will do
+                self.res.bus.size(DISCOVERED)
+            self.problem = None
+            sink = getattr(self.res.index, "health", None)
+            if sink is not None and not sink.healthy:
+                self.res.index.try_connect()  # ready as soon as the cluster answers, not at the first write
+        except Exception as exc:  # what /readyz reports; the stages retry by themselves
+            self.problem = f"{type(exc).__name__}: {exc}"

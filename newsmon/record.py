@@ -36,6 +36,12 @@ def from_epoch(epoch: float) -> str:
     return to_iso(datetime.fromtimestamp(epoch, timezone.utc))
 
 
+def to_epoch(iso: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time (naive means UTC); raises ValueError if it is not one."""
+    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def article_id(canonical_url: str) -> str:
     """Stable id: the same canonical URL gives the same id on every machine and run."""
     return hashlib.sha256(canonical_url.encode("utf-8")).hexdigest()[:32]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
 from newsmon.record import Article, RecordError, utc_now
 
@@ -74,7 +75,8 @@ class BatchResult:
 
 
 def dead_letter(bus: Bus, stage: str, message: Message, reason: str) -> None:
-    log.warning("%s: %s -> dead letters: %s", stage, message.key, reason)
+    log.warning("%s: %s -> dead letters: %s", stage, message.key, reason,
+                extra={"stage": stage, "article_id": message.key})
     bus.publish(
         DEAD_LETTERS,
         message.key,
@@ -126,6 +128,7 @@ def process_batch(
     stats = BatchResult(consumed=len(messages))
     if not messages:
         return stats
+    started = time.perf_counter()
     decoded: list[tuple[Message, Article]] = []
     for message in messages:
         try:
@@ -161,4 +164,8 @@ def process_batch(
         stats.produced = len(done) - len(rejected)
     bus.flush()  # outputs and dead letters are durable before the inputs are marked done
     consumer.commit(messages)
+    metrics.CONSUMED.labels(stage.name).inc(stats.consumed)
+    metrics.PRODUCED.labels(stage.name).inc(stats.produced)
+    metrics.FAILED.labels(stage.name).inc(stats.failed)
+    metrics.BATCH_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
     return stats

@@ -16,13 +16,18 @@ Every validation error names the file, the key and what is wrong.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(Exception):
@@ -127,6 +132,7 @@ class AlertSettings(_Model):
 
 class PipelineSettings(_Model):
     bus: str = "embedded"  # or kafka://HOST:PORT[,HOST:PORT...]
+    metrics_addr: str = Field("", pattern=r"^(|[^:]*:\d{1,5})$")  # HOST:PORT for /metrics, /healthz, /readyz; empty: off
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     kafka: KafkaSettings = KafkaSettings()
     fetch: FetchSettings = FetchSettings()
@@ -254,7 +260,13 @@ class Settings(BaseModel):
     subscribers: list[Subscriber] = []
 
 
-def _read_yaml(path: Path, model: type[_Model], required: bool) -> _Model:
+def unknown_topics(subscribers: list[Subscriber], topics: dict[str, Topic], path: Path) -> list[str]:
+    """Rules on a topic keywords.yaml does not define: they could never match."""
+    return [f"{path}: rule {rule.id}: no topic {tag!r} in keywords.yaml"
+            for sub in subscribers for rule in sub.rules for tag in rule.tags if tag not in topics]
+
+
+def read_yaml(path: Path, model: type[_Model], required: bool) -> _Model:
     if not path.exists():
         if required:
             raise ConfigError(f"{path}: file not found (set NEWSMON_CONFIG_DIR to the config directory)")
@@ -285,14 +297,16 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
     data_dir = Path(data_dir or env.get("NEWSMON_DATA_DIR") or "data")
     if not config_dir.is_dir():
         raise ConfigError(f"{config_dir}: config directory not found (set NEWSMON_CONFIG_DIR)")
-    pipeline = _read_yaml(config_dir / "pipeline.yaml", PipelineSettings, required=False)
-    feeds = _read_yaml(config_dir / "feeds.yaml", FeedsFile, required=True)
-    keywords = _read_yaml(config_dir / "keywords.yaml", KeywordsFile, required=True)
-    subscribers = _read_yaml(config_dir / "subscribers.yaml", SubscribersFile, required=False)
+    pipeline = read_yaml(config_dir / "pipeline.yaml", PipelineSettings, required=False)
+    feeds = read_yaml(config_dir / "feeds.yaml", FeedsFile, required=True)
+    keywords = read_yaml(config_dir / "keywords.yaml", KeywordsFile, required=True)
+    subscribers = read_yaml(config_dir / "subscribers.yaml", SubscribersFile, required=False)
 
     raw = pipeline.model_dump()
     if env.get("NEWSMON_BUS"):
         raw["bus"] = env["NEWSMON_BUS"]
+    if env.get("NEWSMON_METRICS_ADDR") is not None:
+        raw["metrics_addr"] = env["NEWSMON_METRICS_ADDR"]
     if env.get("NEWSMON_ES_URL") is not None:
         raw["elasticsearch"]["url"] = env["NEWSMON_ES_URL"]
     if env.get("NEWSMON_USER_AGENT"):
@@ -310,3 +324,42 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
         config_dir=config_dir, data_dir=data_dir, pipeline=pipeline, feeds=feeds.feeds, topics=keywords.topics,
         subscribers=subscribers.subscribers,
     )
+
+
+class ConfigWatch:
+    """Re-reads the configuration when feeds.yaml or keywords.yaml change, or when asked (SIGHUP).
+
+    A file that no longer validates is reported and the running configuration stays.
+    """
+
+    FILES = ("feeds.yaml", "keywords.yaml")
+
+    def __init__(self, settings: Settings, overrides: dict[str, Any] | None = None):
+        self.config_dir, self.data_dir, self.overrides = settings.config_dir, settings.data_dir, overrides
+        self.requested = threading.Event()
+        self._stamps = self._read_stamps()
+
+    def _read_stamps(self) -> dict[str, tuple[int, int] | None]:
+        stamps = {}
+        for name in self.FILES:
+            try:
+                info = (self.config_dir / name).stat()
+                stamps[name] = (info.st_mtime_ns, info.st_size)
+            except OSError:
+                stamps[name] = None
+        return stamps
+
+    def poll(self) -> Settings | None:
+        """New settings if a file changed (or a reload was asked for) and they validate, else None."""
+        stamps = self._read_stamps()
+        if stamps == self._stamps and not self.requested.is_set():
+            return None
+        self.requested.clear()
+        self._stamps = stamps
+        try:
+            settings = load(self.config_dir, self.data_dir, self.overrides)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, the running one stays:\n%s", exc)
+            return None
+        log.info("configuration reloaded: %d feeds, %d topics", len(settings.feeds), len(settings.topics))
+        return settings

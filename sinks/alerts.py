@@ -45,6 +45,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from enrich.keywords import fold
+from newsmon import metrics
 from newsmon.record import Article
 from newsmon.runner import backoff
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, Subscriber
@@ -258,6 +259,8 @@ class AlertLog:
                                     " AND created >= ?", (sub.name, story, window)).fetchone()
             if same:
                 state, error = "duplicate", f"same story as article {same[0]}"
+                metrics.ALERTS.labels(self.channels[sub.name].kind if sub.name in self.channels else "none",
+                                      "duplicate").inc()
             route = "digest" if sub.mode == "digest" else "immediate"
             if route == "immediate" and state == "pending" and self._sent_last_hour(sub.name, now) >= sub.rate_limit:
                 route = "digest"  # over the rate limit: into the next digest
@@ -425,6 +428,9 @@ class AlertLog:
     def _finish(self, table: str, row: sqlite3.Row, error: DeliveryError | None) -> None:
         now = self.clock()
         attempts = row["attempts"] + 1
+        kind = self.channels[row["subscriber"]].kind if row["subscriber"] in self.channels else "none"
+        final = error is not None and (not error.retriable or attempts >= self.settings.max_attempts)
+        metrics.ALERTS.labels(kind, "sent" if error is None else "failed" if final else "retry").inc()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             if error is None:
@@ -434,7 +440,6 @@ class AlertLog:
                     self._db.execute("UPDATE deliveries SET state = 'sent', sent_at = ? WHERE digest_id = ?",
                                      (now, row["id"]))
                 return
-            final = not error.retriable or attempts >= self.settings.max_attempts
             state = "failed" if final else "pending"
             next_at = now + max(error.retry_after or 0.0,
                                 backoff(attempts - 1, self.settings.backoff_initial, self.settings.backoff_max))

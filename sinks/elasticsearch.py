@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from newsmon import metrics
 from newsmon.record import Article, utc_now
 from newsmon.runner import SinkUnavailable, backoff
 from newsmon.settings import ElasticsearchSettings
@@ -220,6 +221,7 @@ class EsIndex:
             return self
         self._call("PUT", f"/_index_template/{self.prefix}", json=index_template(self.prefix))
         log.info("elasticsearch: %s at %s, template %s installed", self.product, self.settings.url, self.prefix)
+        self.health.set(True)
         return self
 
     def try_connect(self) -> EsIndex:
@@ -285,6 +287,9 @@ class EsIndex:
                         self.connect()
                     for name in {index_for(article, self.prefix) for article, _ in chunk}:
                         self._ensure_index(name)
+                    metrics.BULK_DOCUMENTS.observe(len(chunk))
+                    metrics.BULK_BYTES.observe(sum(len(body) for _, body in chunk))
+                    # The joined body is not kept in a local: a failed request's traceback would hold it.
                     items = self._call("POST", "/_bulk", content=b"".join(body for _, body in chunk),
                                        headers={"Content-Type": "application/x-ndjson"})["items"]
                 except SinkUnavailable as exc:

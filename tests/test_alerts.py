@@ -164,6 +164,7 @@ def test_client_errors_are_not_retried_failures_are_visible_and_replayable(open_
         assert hook.answers == [404]
         assert log.replay() == 1
         _wait_for(lambda: hook.accepted, 10, "the replayed alert delivered")
+        assert log.settle(5)  # the receiver has it; now its answer is recorded too
         assert log.status()["subscribers"]["ops"] == {"sent": 1}
 
 

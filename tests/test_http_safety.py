@@ -1,12 +1,14 @@
 """The fetcher's guards, against real servers on loopback."""
 
 import gzip
+import subprocess
 import time
 
 import pytest
 
 from ingest.http import HTML_TYPES, AddressPolicy, AddressRefused, FetchError, Fetcher
 from newsmon.settings import FetchSettings
+from tests.conftest import NEWSMON
 from tests.sites import Page, TestSite
 
 
@@ -114,3 +116,20 @@ def test_http_errors_say_whether_a_retry_can_help(site):
         _fetcher().get(site.url("/down"), retries=2)
     assert err.value.transient
     assert sum(path == "/down" for path, _ in site.requests) == 3  # retried twice
+
+
+def test_fetch_command_shows_the_response_or_the_refusal(tmp_path, config_dir):
+    site = TestSite({"/old": Page(b"", 301, headers={"Location": "/feed.xml"}),
+                     "/feed.xml": Page(b"<rss/>", headers={"Content-Type": "application/rss+xml", "ETag": '"v1"'})})
+    env = {"NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    with site:
+        refused = subprocess.run(NEWSMON + ["fetch", site.url("/old")], env=env, capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 1
+        assert "is not public" in refused.stderr and site.url("/old") in refused.stderr
+        allowed = subprocess.run(NEWSMON + ["fetch", site.url("/old"), "--allow-private", "127.0.0.1/32", "--body"],
+                                 env=env, capture_output=True, text=True, timeout=60)
+    assert allowed.returncode == 0, allowed.stderr
+    lines = allowed.stdout.splitlines()
+    assert lines[0] == f"HTTP 200  {site.url('/feed.xml')}" and lines[1] == f"  redirected to {site.url('/feed.xml')}"
+    assert 'etag: "v1"' in lines and "6 bytes (decompressed)" in lines and lines[-1] == "<rss/>"
