@@ -9,10 +9,13 @@ SQLite, so a restart neither refetches unchanged feeds nor re-emits old entries.
 from __future__ import annotations
 
 import calendar
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -23,7 +26,7 @@ from ingest.urls import canonicalize
 from newsmon import metrics
 from newsmon.bus import connect_sqlite
 from newsmon.record import Article, article_id, from_epoch, utc_now
-from newsmon.settings import Feed
+from newsmon.settings import Feed, PollSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,11 @@ CREATE TABLE IF NOT EXISTS feeds (
     last_status   INTEGER,
     last_error    TEXT,
     failures      INTEGER NOT NULL DEFAULT 0,
-    entries_new   INTEGER NOT NULL DEFAULT 0
+    entries_new   INTEGER NOT NULL DEFAULT 0,
+    next_poll     REAL,
+    disabled      TEXT,
+    moved_to      TEXT,
+    body_hash     TEXT
 );
 CREATE TABLE IF NOT EXISTS seen (
     canonical_url TEXT PRIMARY KEY,
@@ -61,6 +68,10 @@ class FeedState:
     last_error: str | None = None
     failures: int = 0
     entries_new: int = 0
+    next_poll: float | None = None  # when the feed is due again (interval, max-age, backoff, Retry-After)
+    disabled: str | None = None  # why it is no longer polled (HTTP 410), until `newsmon feeds enable`
+    moved_to: str | None = None  # where a permanent redirect (301/308) sent it: polled there from then on
+    body_hash: str | None = None  # of the last parsed body: the same bytes are not parsed again
 
 
 class FeedStore:
@@ -69,6 +80,10 @@ class FeedStore:
     def __init__(self, path: Path):
         self._conn = connect_sqlite(path)
         self._conn.executescript(_SCHEMA)
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(feeds)")}
+        for name, kind in (("next_poll", "REAL"), ("disabled", "TEXT"), ("moved_to", "TEXT"), ("body_hash", "TEXT")):
+            if name not in have:  # a state.db from an earlier version
+                self._conn.execute(f"ALTER TABLE feeds ADD COLUMN {name} {kind}")
 
     def get(self, url: str) -> FeedState:
         cur = self._conn.execute("SELECT * FROM feeds WHERE url = ?", (url,))
@@ -83,6 +98,17 @@ class FeedStore:
             f"INSERT OR REPLACE INTO feeds ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             tuple(values.values()),
         )
+
+    def enable(self, url: str) -> bool:
+        """Poll a disabled feed again, from now on; False if there is no such feed."""
+        with self._conn:
+            return self._conn.execute("UPDATE feeds SET disabled = NULL, failures = 0, next_poll = 0 WHERE url = ?",
+                                      (url,)).rowcount > 0
+
+    def broken(self, failures: int) -> int:
+        """Feeds disabled, or failing ``failures`` times or more in a row."""
+        return self._conn.execute("SELECT COUNT(*) FROM feeds WHERE disabled IS NOT NULL OR failures >= ?",
+                                  (failures,)).fetchone()[0]
 
     def all(self) -> list[FeedState]:
         cur = self._conn.execute("SELECT * FROM feeds ORDER BY name")
@@ -131,9 +157,43 @@ class FeedParseError(Exception):
     pass
 
 
+def _json_feed(content: bytes) -> feedparser.FeedParserDict | None:
+    """A JSON Feed (1.0/1.1, jsonfeed.org) in feedparser's shape, or None if the bytes are not one.
+
+    feedparser 6 reads RSS, Atom and RDF only; this maps the fields parse_feed uses.
+    """
+    if not content.lstrip()[:1] == b"{":
+        return None
+    try:
+        doc = json.loads(content)
+    except (ValueError, RecursionError) as exc:
+        raise FeedParseError(f"not a feed (JSON that does not parse: {exc})") from None
+    if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith("https://jsonfeed.org/version/"):
+        raise FeedParseError("not a feed (JSON without a jsonfeed.org version)")
+    entries = []
+    for item in doc.get("items") or []:
+        if not isinstance(item, dict):
+            continue
+        authors = item.get("authors") or ([item["author"]] if isinstance(item.get("author"), dict) else [])
+        entry = feedparser.FeedParserDict(
+            id=str(item.get("id", "")), title=str(item.get("title") or ""),
+            link=str(item.get("url") or item.get("external_url") or ""),
+            authors=[{"name": str(a["name"])} for a in authors if isinstance(a, dict) and a.get("name")],
+        )
+        for source, target in (("date_published", "published_parsed"), ("date_modified", "updated_parsed")):
+            try:
+                moment = datetime.fromisoformat(str(item[source]).replace("Z", "+00:00"))
+                entry[target] = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).utctimetuple()
+            except (KeyError, ValueError):
+                pass  # missing or unreadable: the entry simply has no date
+        entries.append(entry)
+    return feedparser.FeedParserDict(version="json1", bozo=False, feed={"title": str(doc.get("title") or "")},
+                                     entries=entries)
+
+
 def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "") -> ParsedFeed:
-    """Entries of a feed document as discovered-article records (pure: no I/O)."""
-    parsed = feedparser.parse(
+    """Entries of a feed document (RSS 0.9x/1.0/2.0, Atom, JSON Feed) as discovered-article records (pure: no I/O)."""
+    parsed = _json_feed(content) or feedparser.parse(
         content, response_headers={"content-type": content_type or "application/xml", "content-location": final_url}
     )
     if not parsed.version and not parsed.entries:
@@ -181,28 +241,47 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
 class PollResult:
     feed: Feed
     new: list[Article] = field(default_factory=list)
-    not_modified: bool = False
+    not_modified: bool = False  # 304, or the same body as last time (not parsed again)
     error: str | None = None
 
 
-def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
+def _max_age(cache_control: str) -> int | None:
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.lower() == "max-age" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSettings | None = None,
+              now: float | None = None) -> PollResult:
     """Fetch one feed (conditionally) and return the entries not discovered before.
 
     The caller publishes ``result.new`` and then calls ``store.mark_seen``: an
-    entry is only remembered once it is safely on the bus.
+    entry is only remembered once it is safely on the bus. The feed's next poll is
+    scheduled here: its interval, or longer if the server's max-age or Retry-After
+    asks for it; after failures, exponentially longer up to ``backoff_max`` (a
+    failing feed is never dropped silently: it stays scheduled, counted and shown).
     """
+    settings = settings or PollSettings()
     state = store.get(feed.url)
-    state.name, state.last_polled = feed.name, time.time()
+    state.name, state.last_polled = feed.name, time.time() if now is None else now
+    target = state.moved_to or feed.url
     validators = {}
-    if state.etag:
+    if feed.conditional and state.etag:
         validators["If-None-Match"] = state.etag
-    if state.last_modified:
+    if feed.conditional and state.last_modified:
         validators["If-Modified-Since"] = state.last_modified
     result = PollResult(feed)
     try:
-        response = fetcher.get(feed.url, headers=validators)
+        response = fetcher.get(target, headers=validators)
         state.last_status = response.status
-        if response.status == 304:
+        if response.moved_permanently and response.final_url != target:
+            state.moved_to = response.final_url
+            log.info("feed %s moved permanently to %s: polled there from now on (update feeds.yaml)", feed.url,
+                     response.final_url, extra={"feed_url": feed.url})
+        digest = hashlib.sha256(response.content).hexdigest() if response.status != 304 else state.body_hash
+        if response.status == 304 or digest == state.body_hash:
             result.not_modified = True
             state.entries_new = 0
         else:
@@ -218,7 +297,9 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
             state.etag = response.headers.get("etag")
             state.last_modified = response.headers.get("last-modified")
             state.entries_new = len(result.new)
+            state.body_hash = digest
         state.last_success, state.last_error, state.failures = state.last_polled, None, 0
+        wait = max(feed.interval, min(_max_age(response.headers.get("cache-control", "")) or 0, settings.max_age_cap))
     except (FetchError, FeedParseError) as exc:
         if isinstance(exc, FetchError):
             result.error, state.last_status = exc.reason, exc.status
@@ -226,7 +307,15 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
             result.error = str(exc)
         state.last_error = result.error
         state.failures += 1
-        log.warning("feed %s: %s", feed.url, result.error, extra={"feed_url": feed.url})
+        backoff = min(settings.backoff_max, feed.interval * 2 ** (state.failures - 1))
+        wait = max(feed.interval, backoff, getattr(exc, "retry_after", None) or 0)
+        if state.last_status == 410:
+            state.disabled = f"HTTP 410 Gone on {utc_now()}: no longer polled (newsmon feeds enable URL to retry)"
+            log.error("feed %s: %s", feed.url, state.disabled, extra={"feed_url": feed.url})
+        else:
+            log.warning("feed %s: %s (failure %d in a row, next try in %.0f s)", feed.url, result.error,
+                        state.failures, wait, extra={"feed_url": feed.url})
+    state.next_poll = state.last_polled + wait
     store.save(state)
     metrics.FEED_POLLS.labels(feed.url, str(state.last_status or 0)).inc()
     (metrics.FEED_LAST_FAILURE if result.error else metrics.FEED_LAST_SUCCESS).labels(feed.url).set(state.last_polled)
@@ -234,11 +323,15 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore) -> PollResult:
 
 
 def due_feeds(feeds: Iterable[Feed], store: FeedStore, now: float | None = None) -> list[Feed]:
+    """The feeds whose next poll has come (disabled ones never)."""
     now = time.time() if now is None else now
     due = []
     for feed in feeds:
-        last = store.get(feed.url).last_polled
-        if last is None or now - last >= feed.interval:
+        state = store.get(feed.url)
+        if state.disabled:
+            continue
+        next_poll = state.next_poll if state.next_poll is not None else (state.last_polled or 0) + feed.interval
+        if state.last_polled is None or now >= next_poll:
             due.append(feed)
     return due
 

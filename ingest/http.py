@@ -15,11 +15,13 @@ hostile by default:
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timezone
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -34,12 +36,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class FetchError(Exception):
     """A URL could not be fetched. ``transient`` errors may succeed if tried again later."""
 
-    def __init__(self, url: str, reason: str, *, transient: bool = False, status: int | None = None):
+    def __init__(self, url: str, reason: str, *, transient: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
         self.transient = transient
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked us to wait (429/503 Retry-After)
 
 
 class AddressRefused(FetchError):
@@ -106,6 +110,26 @@ class FetchResult:
     content: bytes
     redirects: list[str]
     charset: str | None  # as the Content-Type header declares it, if it does
+    redirect_statuses: list[int] = field(default_factory=list)  # one per hop in ``redirects``
+
+    @property
+    def moved_permanently(self) -> bool:
+        """Every hop was a permanent redirect (301/308): the URL to use from now on is ``final_url``."""
+        return bool(self.redirect_statuses) and all(s in (301, 308) for s in self.redirect_statuses)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None if absent or unreadable."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)  # HTTP-dates are GMT
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -150,7 +174,7 @@ class Fetcher:
     def _get_once(self, url: str, headers: dict[str, str], accept_types: tuple[str, ...] | None) -> FetchResult:
         s = self.settings
         deadline = time.monotonic() + s.total_timeout
-        current, redirects = url, []
+        current, redirects, statuses = url, [], []
         while True:
             if time.monotonic() > deadline:
                 raise FetchError(url, f"took longer than {s.total_timeout:g} s", transient=True)
@@ -168,6 +192,7 @@ class Fetcher:
                 if response.has_redirect_location:
                     target = urljoin(current, response.headers.get("location", ""))
                     redirects.append(target)
+                    statuses.append(response.status_code)
                     if target == current or target in redirects[:-1] or target == url:
                         raise FetchError(url, f"redirect loop at {target}")
                     if len(redirects) > s.max_redirects:
@@ -179,7 +204,8 @@ class Fetcher:
                 if response.status_code >= 400:
                     transient = response.status_code in (408, 429) or response.status_code >= 500
                     raise FetchError(
-                        url, f"HTTP {response.status_code}", transient=transient, status=response.status_code
+                        url, f"HTTP {response.status_code}", transient=transient, status=response.status_code,
+                        retry_after=retry_after_seconds(response.headers.get("retry-after")),
                     )
                 content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
                 if accept_types and response.status_code != 304 and content_type not in accept_types:
@@ -188,9 +214,8 @@ class Fetcher:
                 if declared.isdigit() and int(declared) > s.max_bytes and "content-encoding" not in response.headers:
                     raise FetchError(url, f"response of {declared} bytes exceeds the {s.max_bytes}-byte limit")
                 content = self._read_capped(url, response, deadline)
-                return FetchResult(
-                    url, current, response.status_code, response.headers, content, redirects, response.charset_encoding
-                )
+                return FetchResult(url, current, response.status_code, response.headers, content, redirects,
+                                   response.charset_encoding, statuses)
             finally:
                 response.close()
 

@@ -803,6 +803,68 @@ def feeds_group() -> None:
     """The feeds to poll (config/feeds.yaml): list them, import an OPML subscription list."""
 
 
+@feeds_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per feed.")
+def feeds_status(as_json: bool) -> None:
+    """How each configured feed fares: last answer, failures in a row, next poll, where it moved, why disabled.
+
+    Broken feeds (disabled, or failing poll.broken_after times in a row) come first.
+    """
+    from ingest.feeds import FeedStore
+
+    settings = _load()
+    path = settings.data_dir / "state.db"
+    if not path.exists():
+        raise click.ClickException(f"{path}: no feed has been polled yet (run `newsmon run` or `newsmon stage poll`)")
+    store = FeedStore(path)
+    states = [store.get(feed.url) for feed in settings.feeds]
+    store.close()
+    now = time.time()
+    threshold = settings.pipeline.poll.broken_after
+    rows = []
+    for feed, state in zip(settings.feeds, states):
+        broken = bool(state.disabled) or state.failures >= threshold
+        rows.append({"name": feed.name, "url": feed.url, "polled_at": state.moved_to or feed.url, "broken": broken,
+                     "last_status": state.last_status, "failures": state.failures, "last_error": state.last_error,
+                     "disabled": state.disabled, "last_success": to_iso(datetime.fromtimestamp(state.last_success,
+                                                                                              timezone.utc))
+                     if state.last_success else None,
+                     "next_poll_in_s": None if state.disabled or state.next_poll is None
+                     else max(0, round(state.next_poll - now))})
+    rows.sort(key=lambda r: (not r["broken"], r["name"]))
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        if row["disabled"]:
+            health = f"DISABLED: {row['disabled']}"
+        elif row["last_error"]:
+            health = f"{'BROKEN' if row['broken'] else 'failing'} ({row['failures']} in a row): {row['last_error']}"
+        elif row["last_status"] is None:
+            health = "not polled yet"
+        else:
+            health = f"HTTP {row['last_status']}, last success {row['last_success']}"
+        nxt = "" if row["next_poll_in_s"] is None else f"; next poll in {row['next_poll_in_s']} s"
+        moved = f" (moved to {row['polled_at']})" if row["polled_at"] != row["url"] else ""
+        click.echo(f"{row['name']}  {row['url']}{moved}\n  {health}{nxt}")
+
+
+@feeds_group.command("enable")
+@click.argument("url")
+def feeds_enable(url: str) -> None:
+    """Poll a feed again that was disabled (HTTP 410 Gone), and forget its failures."""
+    from ingest.feeds import FeedStore
+
+    settings = _load()
+    store = FeedStore(settings.data_dir / "state.db")
+    try:
+        if not store.enable(url):
+            raise click.ClickException(f"{url}: not a feed this data directory has polled")
+    finally:
+        store.close()
+    click.echo(f"{url}: enabled; polled at the next round")
+
+
 @feeds_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per feed.")
 def feeds_list(as_json: bool) -> None:
@@ -845,7 +907,9 @@ def feeds_import(opml_file: Path, interval: int, dry_run: bool) -> None:
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"{opml_file}: {exc}") from None
 
-    merged = [feed.model_dump(exclude_none=True) for feed in settings.feeds]
+    # As written by hand: no nulls, and conditional only where it is turned off.
+    merged = [feed.model_dump(exclude_none=True, exclude={"conditional"} if feed.conditional else None)
+              for feed in settings.feeds]
     known = {feed.url.strip() for feed in settings.feeds}
     added, skipped, invalid = [], 0, 0
     for item in found:

@@ -44,6 +44,8 @@ ALERTS = Counter("newsmon_alert_deliveries", "Alert delivery attempts by channel
                  ["channel", "outcome"])  # outcome: sent, retry, failed, duplicate
 FEED_POLLS = Counter("newsmon_feed_polls", "Feed polls by feed and HTTP status (0: no answer)", ["feed", "status"])
 FEED_LAST_SUCCESS = Gauge("newsmon_feed_last_success_timestamp_seconds", "Last successful poll of a feed", ["feed"])
+FEEDS_BROKEN = Gauge("newsmon_feeds_broken", "Feeds disabled (HTTP 410) or failing several polls in a row "
+                     "(poll.broken_after)")
 FEED_LAST_FAILURE = Gauge("newsmon_feed_last_failure_timestamp_seconds", "Last failed poll of a feed", ["feed"])
 
 Check = Callable[[], str | None]  # None when fine, else what is wrong

@@ -34,7 +34,7 @@ from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
 from newsmon.record import Article, to_epoch
 from newsmon.runner import SinkUnavailable, Stage, process_batch, worker_context
-from newsmon.settings import ConfigError, ConfigWatch, Feed, Settings, unknown_topics
+from newsmon.settings import ConfigError, ConfigWatch, Feed, PollSettings, Settings, unknown_topics
 from sinks.alerts import AlertLog
 from sinks.sqlite_index import SqliteIndex
 
@@ -206,11 +206,12 @@ class Progress:
 
 
 def poll_due(feeds: list[Feed], res: Resources, progress: Progress, owns: Callable[[str], bool] = lambda url: True,
-             *, force: bool = False) -> None:
+             *, force: bool = False, poll_settings: PollSettings | None = None) -> None:
     """Poll the feeds that are due (all of them with ``force``) among those this instance owns."""
     mine = [feed for feed in feeds if owns(feed.url)]
-    for feed in mine if force else due_feeds(mine, res.feeds):
-        result = poll_feed(feed, res.fetcher, res.feeds)
+    due = [f for f in mine if not res.feeds.get(f.url).disabled] if force else due_feeds(mine, res.feeds)
+    for feed in due:
+        result = poll_feed(feed, res.fetcher, res.feeds, poll_settings)
         progress.feeds_polled += 1
         progress.feed_errors += result.error is not None
         for article in result.new:
@@ -218,6 +219,8 @@ def poll_due(feeds: list[Feed], res: Resources, progress: Progress, owns: Callab
         res.bus.flush()  # on the bus first, then remembered as seen: a crash in between re-discovers, never loses
         res.feeds.mark_seen(result.new)
         progress.discovered += len(result.new)
+    if due:
+        metrics.FEEDS_BROKEN.set(res.feeds.broken((poll_settings or PollSettings()).broken_after))
 
 
 @contextmanager
@@ -320,7 +323,7 @@ def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_N
         sharding = res.bus.sharding("poll", FEED_SHARDS) if "poll" in names else None
         if sharding:
             stack.callback(sharding.close)
-            poll_due(feeds, res, progress, sharding.owner(), force=force_poll)
+            poll_due(feeds, res, progress, sharding.owner(), force=force_poll, poll_settings=settings.pipeline.poll)
             report(progress)
         idle_check = 0.1 if settings.pipeline.bus == "embedded" else 1.0
         while not stop.is_set():
@@ -333,7 +336,7 @@ def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_N
                 if res.tagger:
                     res.tagger = KeywordTagger(reloaded.topics)  # the tag stage reads res.tagger per record
             if sharding and not once:
-                poll_due(feeds, res, progress, sharding.owner())
+                poll_due(feeds, res, progress, sharding.owner(), poll_settings=settings.pipeline.poll)
     return progress
 
 

@@ -60,6 +60,12 @@ class FetchSettings(_Model):
         return value
 
 
+class PollSettings(_Model):
+    backoff_max: int = Field(6 * 3600, ge=10)  # longest wait between polls of a failing feed
+    max_age_cap: int = Field(86400, ge=10)  # a Cache-Control max-age above this is read as this
+    broken_after: int = Field(3, ge=1)  # failures in a row from which a feed counts as broken
+
+
 class ExtractSettings(_Model):
     timeout: float = Field(20.0, gt=0)  # a page whose extraction takes longer is cut off
     workers: int = Field(2, ge=0, le=64)  # extraction processes; 0 = in-process, no time limit
@@ -136,6 +142,7 @@ class PipelineSettings(_Model):
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     kafka: KafkaSettings = KafkaSettings()
     fetch: FetchSettings = FetchSettings()
+    poll: PollSettings = PollSettings()
     extract: ExtractSettings = ExtractSettings()
     language: LanguageSettings = LanguageSettings()
     runner: RunnerSettings = RunnerSettings()
@@ -163,6 +170,7 @@ class Feed(_Model):
     url: str
     interval: int = Field(900, ge=10)  # seconds between polls
     language: str | None = None  # hint, used when the text is too short to tell
+    conditional: bool = True  # send If-None-Match/If-Modified-Since (off for servers that answer 304 wrongly)
 
     @field_validator("url")
     @classmethod

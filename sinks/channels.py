@@ -28,13 +28,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import timezone
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
+from ingest.http import retry_after_seconds
 from newsmon.settings import SmtpSettings
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
 
@@ -280,7 +280,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, http: 
         if http is None:
             client.close()
     retriable = status in (408, 429) or status >= 500
-    retry_after = _retry_after(response.headers.get("retry-after"), now()) if retriable else None
+    retry_after = retry_after_seconds(response.headers.get("retry-after"), now()) if retriable else None
     raise DeliveryError(f"POST {where}: HTTP {status}: {excerpt}", retriable=retriable, retry_after=retry_after)
 
 
@@ -296,20 +296,6 @@ def _excerpt(response: httpx.Response, limit: int = 200) -> str:
 def _scrub(text: str, url: str) -> str:
     text, password = text.replace(url, mask(url)), urlsplit(url).password
     return text.replace(password, "***") if password else text
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None if absent or unreadable."""
-    value = (value or "").strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)  # HTTP-dates are GMT
-    return max(0.0, when.timestamp() - now)
 
 
 # -- rendering ------------------------------------------------------------------------------------

@@ -1,10 +1,16 @@
 """Feed polling: parsing, conditional GET, de-duplication, and broken feeds."""
 
+import json
+import subprocess
+import time
+
 import pytest
 
-from ingest.feeds import FeedParseError, FeedStore, parse_feed, poll_feed
+from ingest import feeds
+from ingest.feeds import FeedParseError, FeedStore, due_feeds, parse_feed, poll_feed
 from ingest.http import Fetcher
-from newsmon.settings import Feed, FetchSettings
+from newsmon.settings import Feed, FetchSettings, PollSettings
+from tests.conftest import NEWSMON, write_feeds
 from tests.sites import Page, TestSite, rss
 
 ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -85,3 +91,101 @@ def test_feed_failures_are_recorded_with_the_reason(tmp_path, page, reason):
         assert reason in result.error
         state = store.get(site.url("/feed.xml"))
         assert reason in state.last_error and state.failures == 1
+
+
+def _feed_page(items=(("A", "{{BASE_URL}}/a.html"),), **headers):
+    return Page(rss(list(items)), headers={"Content-Type": "application/rss+xml", **headers})
+
+
+def test_a_permanent_redirect_moves_the_feed_and_410_disables_it(tmp_path):
+    with TestSite({"/old.xml": Page(b"", 301, headers={"Location": "/new.xml"}), "/new.xml": _feed_page()}) as site:
+        feed = Feed(name="t", url=site.url("/old.xml"))
+        store = FeedStore(tmp_path / "state.db")
+        assert [a.title for a in poll_feed(feed, _fetcher(), store).new] == ["A"]
+        assert store.get(feed.url).moved_to == site.url("/new.xml")
+        poll_feed(feed, _fetcher(), store)
+        assert site.requests[-1][0] == "/new.xml"  # polled where it moved, without the redirect
+
+        site.routes["/new.xml"] = Page(b"gone", 410)
+        result = poll_feed(feed, _fetcher(), store)
+        state = store.get(feed.url)
+        assert result.error == "HTTP 410" and state.disabled.startswith("HTTP 410 Gone")
+        assert due_feeds([feed], store, now=time.time() + 10 ** 6) == []  # never polled again ...
+        assert store.broken(3) == 1
+        assert store.enable(feed.url) and due_feeds([feed], store) == [feed]  # ... until enabled
+
+
+def test_failing_feeds_back_off_exponentially_capped_and_honour_retry_after(tmp_path):
+    with TestSite({"/f.xml": Page(b"down", 503)}) as site:
+        feed = Feed(name="t", url=site.url("/f.xml"), interval=60)
+        store = FeedStore(tmp_path / "state.db")
+        settings = PollSettings(backoff_max=300)
+        waits = []
+        for _ in range(5):
+            poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+            waits.append(store.get(feed.url).next_poll - 1000.0)
+        assert waits == [60, 120, 240, 300, 300]
+        assert due_feeds([feed], store, now=1299.0) == [] and due_feeds([feed], store, now=1300.0) == [feed]
+        site.routes["/f.xml"] = Page(b"slow down", 429, headers={"Retry-After": "7200"})
+        poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+        assert store.get(feed.url).next_poll == 1000.0 + 7200  # the server's wish beats the cap
+        site.routes["/f.xml"] = _feed_page(**{"Cache-Control": "public, max-age=1800"})
+        poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+        state = store.get(feed.url)
+        assert (state.failures, state.next_poll) == (0, 1000.0 + 1800)  # max-age above the interval
+
+
+def test_an_unchanged_body_is_not_parsed_again_and_conditional_get_can_be_off(tmp_path, monkeypatch):
+    with TestSite({"/f.xml": _feed_page(ETag='"v1"')}) as site:
+        feed = Feed(name="t", url=site.url("/f.xml"), conditional=False)
+        store = FeedStore(tmp_path / "state.db")
+        assert len(poll_feed(feed, _fetcher(), store).new) == 1
+        parses = []
+        monkeypatch.setattr(feeds, "parse_feed", lambda *a, **k: parses.append(a))
+        second = poll_feed(feed, _fetcher(), store)
+        assert second.not_modified and parses == []
+        assert "If-None-Match" not in site.requests[-1][1]  # this server answers 304 wrongly, say
+
+
+def test_feeds_status_shows_broken_feeds_first_and_enable_brings_one_back(config_dir, tmp_path):
+    env = {"NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"),
+           "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32", "PATH": "/usr/bin:/bin"}
+
+    def newsmon(*args):
+        return subprocess.run(NEWSMON + list(args), env=env, capture_output=True, text=True, timeout=120)
+
+    with TestSite({"/ok.xml": Page(rss([])), "/gone.xml": Page(b"gone", 410)}) as site:
+        write_feeds(config_dir, [{"name": "a-ok", "url": site.url("/ok.xml")},
+                                 {"name": "b-gone", "url": site.url("/gone.xml")}])
+        assert newsmon("run", "--once").returncode == 0
+    rows = [json.loads(line) for line in newsmon("feeds", "status", "--json").stdout.splitlines()]
+    assert [(r["name"], r["broken"]) for r in rows] == [("b-gone", True), ("a-ok", False)]
+    assert rows[0]["disabled"].startswith("HTTP 410 Gone") and rows[0]["next_poll_in_s"] is None
+    assert rows[1]["last_status"] == 200 and 800 < rows[1]["next_poll_in_s"] <= 900
+    assert "DISABLED: HTTP 410 Gone" in newsmon("feeds", "status").stdout
+    assert newsmon("feeds", "enable", site.url("/gone.xml")).returncode == 0
+    assert json.loads(newsmon("feeds", "status", "--json").stdout.splitlines()[0])["disabled"] is None
+    refused = newsmon("feeds", "enable", "https://never.example/x.xml")
+    assert refused.returncode == 1 and "not a feed this data directory has polled" in refused.stderr
+
+
+def test_json_feed_1_1_with_relative_links_authors_and_entries_without_links():
+    doc = json.dumps({
+        "version": "https://jsonfeed.org/version/1.1", "title": "JSON news",
+        "items": [
+            {"id": "1", "url": "/a.html?utm_medium=json", "title": "Première", "date_published": "2026-02-12T10:00:00+01:00",
+             "authors": [{"name": "Ann"}]},
+            {"id": "2", "external_url": "https://elsewhere.example/b", "title": "Linked out", "author": {"name": "Bo"}},
+            {"id": "3", "title": "No link", "date_published": "not a date"},
+        ],
+    }).encode()
+    parsed = parse_feed(doc, Feed(name="t", url="https://x.example/feed.json"), "https://x.example/feed.json",
+                        "application/feed+json")
+    assert [(a.canonical_url, a.title, a.published, a.authors, a.source) for a in parsed.articles] == [
+        ("https://x.example/a.html", "Première", "2026-02-12T09:00:00Z", ["Ann"], "JSON news"),
+        ("https://elsewhere.example/b", "Linked out", None, ["Bo"], "JSON news"),
+    ]
+    assert parsed.skipped == ["'No link': entry has no http(s) link"]
+    for bad in (b'{"version": "1", "items": []}', b"{" * 100_000, b'{"version": "https://jsonfeed.org/version/1.1",'):
+        with pytest.raises(FeedParseError, match="not a feed"):
+            parse_feed(bad, Feed(name="t", url="https://x.example/f"), "https://x.example/f")

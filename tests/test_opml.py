@@ -102,7 +102,7 @@ def test_import_merges_new_feeds_skips_known_and_names_invalid_outlines(env, con
     assert [f["name"] for f in feeds] == ["Euronews (fr)", "BBC News World", "Le Monde — International",
                                           "Süddeutsche Zeitung", "www3.nhk.or.jp"]
     assert feeds[2] == {"name": "Le Monde — International", "url": "https://www.lemonde.fr/international/rss_full.xml",
-                        "interval": 1800, "language": "fr"}
+                        "interval": 1800, "language": "fr", "conditional": True}
     assert newsmon(env, "config", "check").returncode == 0  # what was written is a valid configuration
 
     again = newsmon(env, "feeds", "import", str(source))
