@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import feedparser
 
-from ingest.http import FetchError, Fetcher
+from ingest.http import FetchError, Fetcher, FetchResult
 from ingest.urls import canonicalize
 from newsmon import metrics
 from newsmon.bus import connect_sqlite
@@ -243,6 +243,7 @@ class PollResult:
     new: list[Article] = field(default_factory=list)
     not_modified: bool = False  # 304, or the same body as last time (not parsed again)
     error: str | None = None
+    state: FeedState | None = None  # to save once ``new`` is safely on the bus
 
 
 def _max_age(cache_control: str) -> int | None:
@@ -253,39 +254,78 @@ def _max_age(cache_control: str) -> int | None:
     return None
 
 
-def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSettings | None = None,
-              now: float | None = None) -> PollResult:
-    """Fetch one feed (conditionally) and return the entries not discovered before.
+@dataclass(frozen=True)
+class PollRequest:
+    """What to ask for: read from the feed's state before fetching."""
 
-    The caller publishes ``result.new`` and then calls ``store.mark_seen``: an
-    entry is only remembered once it is safely on the bus. The feed's next poll is
-    scheduled here: its interval, or longer if the server's max-age or Retry-After
-    asks for it; after failures, exponentially longer up to ``backoff_max`` (a
-    failing feed is never dropped silently: it stays scheduled, counted and shown).
+    target: str  # the configured URL, or where it moved
+    headers: dict[str, str]
+    body_hash: str | None
+
+
+@dataclass
+class Fetched:
+    """What came back: a response (parsed unless unchanged), or the failure."""
+
+    response: FetchResult | None = None
+    parsed: ParsedFeed | None = None
+    digest: str | None = None
+    error: FetchError | FeedParseError | None = None
+
+
+def plan_poll(feed: Feed, store: FeedStore) -> PollRequest:
+    state = store.get(feed.url)
+    headers = {}
+    if feed.conditional and state.etag:
+        headers["If-None-Match"] = state.etag
+    if feed.conditional and state.last_modified:
+        headers["If-Modified-Since"] = state.last_modified
+    return PollRequest(state.moved_to or feed.url, headers, state.body_hash)
+
+
+def fetch_feed(feed: Feed, request: PollRequest, fetcher: Fetcher) -> Fetched:
+    """Fetch and parse one feed. Touches no store, so many run at once on threads."""
+    response = None
+    try:
+        response = fetcher.get(request.target, headers=request.headers)
+        if response.status == 304:
+            return Fetched(response, digest=request.body_hash)
+        digest = hashlib.sha256(response.content).hexdigest()
+        if digest == request.body_hash:  # the same bytes as last time: nothing to parse
+            return Fetched(response, digest=digest)
+        parsed = parse_feed(response.content, feed, response.final_url, response.headers.get("content-type", ""))
+        return Fetched(response, parsed, digest)
+    except (FetchError, FeedParseError) as exc:
+        return Fetched(response, error=exc)
+
+
+def settle_poll(feed: Feed, request: PollRequest, fetched: Fetched, store: FeedStore,
+                settings: PollSettings | None = None, now: float | None = None) -> PollResult:
+    """The feed's new state (next poll scheduled) and its new entries; the caller saves the state
+    (``store.save(result.state)``) only after publishing the entries, so that a crash in between
+    cannot leave validators or a body hash that would hide them on the next poll.
+
+    The next poll: the feed's interval, or later if the server's max-age or Retry-After
+    asks for it; after failures, exponentially later up to ``backoff_max`` (a failing
+    feed is never dropped silently: it stays scheduled, counted and shown).
     """
     settings = settings or PollSettings()
     state = store.get(feed.url)
     state.name, state.last_polled = feed.name, time.time() if now is None else now
-    target = state.moved_to or feed.url
-    validators = {}
-    if feed.conditional and state.etag:
-        validators["If-None-Match"] = state.etag
-    if feed.conditional and state.last_modified:
-        validators["If-Modified-Since"] = state.last_modified
     result = PollResult(feed)
-    try:
-        response = fetcher.get(target, headers=validators)
+    response, exc = fetched.response, fetched.error
+    if response is not None:
         state.last_status = response.status
-        if response.moved_permanently and response.final_url != target:
+    if exc is None:
+        if response.moved_permanently and response.final_url != request.target:
             state.moved_to = response.final_url
             log.info("feed %s moved permanently to %s: polled there from now on (update feeds.yaml)", feed.url,
                      response.final_url, extra={"feed_url": feed.url})
-        digest = hashlib.sha256(response.content).hexdigest() if response.status != 304 else state.body_hash
-        if response.status == 304 or digest == state.body_hash:
+        if fetched.parsed is None:
             result.not_modified = True
             state.entries_new = 0
         else:
-            parsed = parse_feed(response.content, feed, response.final_url, response.headers.get("content-type", ""))
+            parsed = fetched.parsed
             for reason in parsed.skipped:
                 log.warning("feed %s: skipped %s", feed.url, reason, extra={"feed_url": feed.url})
             if parsed.warning:
@@ -297,13 +337,13 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSett
             state.etag = response.headers.get("etag")
             state.last_modified = response.headers.get("last-modified")
             state.entries_new = len(result.new)
-            state.body_hash = digest
+            state.body_hash = fetched.digest
         state.last_success, state.last_error, state.failures = state.last_polled, None, 0
         wait = max(feed.interval, min(_max_age(response.headers.get("cache-control", "")) or 0, settings.max_age_cap))
-    except (FetchError, FeedParseError) as exc:
+    else:
         if isinstance(exc, FetchError):
             result.error, state.last_status = exc.reason, exc.status
-        else:
+        else:  # the server answered (last_status is set), the document is not a usable feed
             result.error = str(exc)
         state.last_error = result.error
         state.failures += 1
@@ -316,9 +356,21 @@ def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSett
             log.warning("feed %s: %s (failure %d in a row, next try in %.0f s)", feed.url, result.error,
                         state.failures, wait, extra={"feed_url": feed.url})
     state.next_poll = state.last_polled + wait
-    store.save(state)
+    result.state = state
     metrics.FEED_POLLS.labels(feed.url, str(state.last_status or 0)).inc()
     (metrics.FEED_LAST_FAILURE if result.error else metrics.FEED_LAST_SUCCESS).labels(feed.url).set(state.last_polled)
+    return result
+
+
+def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSettings | None = None,
+              now: float | None = None) -> PollResult:
+    """Fetch one feed (conditionally) and return the entries not discovered before.
+
+    The state is saved at once: for callers that need nothing published first (tests, tools).
+    """
+    request = plan_poll(feed, store)
+    result = settle_poll(feed, request, fetch_feed(feed, request, fetcher), store, settings, now)
+    store.save(result.state)
     return result
 
 

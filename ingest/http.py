@@ -18,8 +18,10 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import socket
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timezone
 from urllib.parse import urljoin, urlsplit
@@ -101,6 +103,30 @@ def _guarded_transport(policy: AddressPolicy) -> httpx.HTTPTransport:
     return transport
 
 
+class HostLimits:
+    """Politeness per host, shared by every request of a fetcher (feeds and article pages):
+    at most ``per_host`` requests in flight and ``delay`` seconds between two starts."""
+
+    def __init__(self, per_host: int, delay: float):
+        self.per_host, self.delay = per_host, delay
+        self._lock = threading.Lock()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._next_start: dict[str, float] = {}
+
+    @contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        with self._lock:
+            slots = self._slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        with slots:
+            with self._lock:  # reserve a start time, then wait for it outside the lock
+                now = time.monotonic()
+                start = max(now, self._next_start.get(host, now))
+                self._next_start[host] = start + self.delay
+            if start > now:
+                time.sleep(start - now)
+            yield
+
+
 @dataclass
 class FetchResult:
     url: str  # as requested
@@ -139,6 +165,7 @@ class Fetcher:
     def __init__(self, settings: FetchSettings):
         self.settings = settings
         self.policy = AddressPolicy.from_strings(settings.allow_private)
+        self.limits = HostLimits(settings.per_host, settings.host_delay)
         self.client = httpx.Client(
             transport=_guarded_transport(self.policy),
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
@@ -180,44 +207,45 @@ class Fetcher:
                 raise FetchError(url, f"took longer than {s.total_timeout:g} s", transient=True)
             if urlsplit(current).scheme.lower() not in ("http", "https"):
                 raise FetchError(url, f"refusing non-http(s) URL {current!r}")
-            try:
-                response = self.client.send(self.client.build_request("GET", current, headers=headers), stream=True)
-            except AddressRefused as exc:
-                raise AddressRefused(url, f"refused to connect to {exc.url}: {exc.reason}") from None
-            except httpx.TimeoutException as exc:
-                raise FetchError(url, f"timed out ({type(exc).__name__})", transient=True) from None
-            except (httpx.TransportError, httpx.InvalidURL) as exc:
-                raise FetchError(url, f"connection failed: {exc or type(exc).__name__}", transient=True) from None
-            try:
-                if response.has_redirect_location:
-                    target = urljoin(current, response.headers.get("location", ""))
-                    redirects.append(target)
-                    statuses.append(response.status_code)
-                    if target == current or target in redirects[:-1] or target == url:
-                        raise FetchError(url, f"redirect loop at {target}")
-                    if len(redirects) > s.max_redirects:
-                        raise FetchError(url, f"more than {s.max_redirects} redirects")
-                    current = target
-                    continue
-                if 300 <= response.status_code < 400 and response.status_code != 304:
-                    raise FetchError(url, f"HTTP {response.status_code} without a usable Location header")
-                if response.status_code >= 400:
-                    transient = response.status_code in (408, 429) or response.status_code >= 500
-                    raise FetchError(
-                        url, f"HTTP {response.status_code}", transient=transient, status=response.status_code,
-                        retry_after=retry_after_seconds(response.headers.get("retry-after")),
-                    )
-                content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-                if accept_types and response.status_code != 304 and content_type not in accept_types:
-                    raise FetchError(url, f"content type {content_type or 'missing'!r} is not one of {', '.join(accept_types)}")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > s.max_bytes and "content-encoding" not in response.headers:
-                    raise FetchError(url, f"response of {declared} bytes exceeds the {s.max_bytes}-byte limit")
-                content = self._read_capped(url, response, deadline)
-                return FetchResult(url, current, response.status_code, response.headers, content, redirects,
-                                   response.charset_encoding, statuses)
-            finally:
-                response.close()
+            with self.limits.slot(urlsplit(current).hostname or ""):  # politeness: per hop, per host
+                try:
+                    response = self.client.send(self.client.build_request("GET", current, headers=headers), stream=True)
+                except AddressRefused as exc:
+                    raise AddressRefused(url, f"refused to connect to {exc.url}: {exc.reason}") from None
+                except httpx.TimeoutException as exc:
+                    raise FetchError(url, f"timed out ({type(exc).__name__})", transient=True) from None
+                except (httpx.TransportError, httpx.InvalidURL) as exc:
+                    raise FetchError(url, f"connection failed: {exc or type(exc).__name__}", transient=True) from None
+                try:
+                    if response.has_redirect_location:
+                        target = urljoin(current, response.headers.get("location", ""))
+                        redirects.append(target)
+                        statuses.append(response.status_code)
+                        if target == current or target in redirects[:-1] or target == url:
+                            raise FetchError(url, f"redirect loop at {target}")
+                        if len(redirects) > s.max_redirects:
+                            raise FetchError(url, f"more than {s.max_redirects} redirects")
+                        current = target
+                        continue
+                    if 300 <= response.status_code < 400 and response.status_code != 304:
+                        raise FetchError(url, f"HTTP {response.status_code} without a usable Location header")
+                    if response.status_code >= 400:
+                        transient = response.status_code in (408, 429) or response.status_code >= 500
+                        raise FetchError(
+                            url, f"HTTP {response.status_code}", transient=transient, status=response.status_code,
+                            retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                        )
+                    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+                    if accept_types and response.status_code != 304 and content_type not in accept_types:
+                        raise FetchError(url, f"content type {content_type or 'missing'!r} is not one of {', '.join(accept_types)}")
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > s.max_bytes and "content-encoding" not in response.headers:
+                        raise FetchError(url, f"response of {declared} bytes exceeds the {s.max_bytes}-byte limit")
+                    content = self._read_capped(url, response, deadline)
+                    return FetchResult(url, current, response.status_code, response.headers, content, redirects,
+                                       response.charset_encoding, statuses)
+                finally:
+                    response.close()
 
     def _read_capped(self, url: str, response: httpx.Response, deadline: float) -> bytes:
         limit = self.settings.max_bytes

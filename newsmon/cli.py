@@ -106,7 +106,8 @@ def demo(port: int, bus: str | None) -> None:
     from newsmon.demo import DemoSite, demo_feeds
     from newsmon.pipeline import run
 
-    settings = _load(bus, **{"fetch.allow_private": ["127.0.0.1/32"]})  # the sample site is on loopback, on purpose
+    # The sample site is ours, on loopback on purpose: allowed, and fetched without politeness delays.
+    settings = _load(bus, **{"fetch.allow_private": ["127.0.0.1/32"], "fetch.host_delay": 0, "fetch.per_host": 8})
     stop = _stop_on_signals()
     reporter = _Reporter()
     try:

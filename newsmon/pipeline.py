@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import Extractor
-from ingest.feeds import FeedStore, due_feeds, poll_feed
+from ingest.feeds import FeedStore, due_feeds, fetch_feed, plan_poll, settle_poll
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
 from newsmon import metrics
@@ -207,20 +207,32 @@ class Progress:
 
 def poll_due(feeds: list[Feed], res: Resources, progress: Progress, owns: Callable[[str], bool] = lambda url: True,
              *, force: bool = False, poll_settings: PollSettings | None = None) -> None:
-    """Poll the feeds that are due (all of them with ``force``) among those this instance owns."""
+    """Poll the feeds that are due (all but disabled ones with ``force``) among those this instance owns.
+
+    Up to ``poll.concurrency`` feeds are fetched and parsed at once on threads (the fetcher's
+    per-host limits keep that polite); their state and the bus are updated here, in this thread,
+    as each one completes.
+    """
+    settings = poll_settings or PollSettings()
     mine = [feed for feed in feeds if owns(feed.url)]
     due = [f for f in mine if not res.feeds.get(f.url).disabled] if force else due_feeds(mine, res.feeds)
-    for feed in due:
-        result = poll_feed(feed, res.fetcher, res.feeds, poll_settings)
-        progress.feeds_polled += 1
-        progress.feed_errors += result.error is not None
-        for article in result.new:
-            res.bus.publish(DISCOVERED, article.id, article.to_json(), {"stage": "poll", "attempts": "1"})
-        res.bus.flush()  # on the bus first, then remembered as seen: a crash in between re-discovers, never loses
-        res.feeds.mark_seen(result.new)
-        progress.discovered += len(result.new)
-    if due:
-        metrics.FEEDS_BROKEN.set(res.feeds.broken((poll_settings or PollSettings()).broken_after))
+    if not due:
+        return
+    with ThreadPoolExecutor(min(settings.concurrency, len(due)), thread_name_prefix="poll") as pool:
+        requests = {feed.url: plan_poll(feed, res.feeds) for feed in due}
+        pending = {pool.submit(fetch_feed, feed, requests[feed.url], res.fetcher): feed for feed in due}
+        for future in as_completed(pending):
+            feed = pending[future]
+            result = settle_poll(feed, requests[feed.url], future.result(), res.feeds, settings)
+            progress.feeds_polled += 1
+            progress.feed_errors += result.error is not None
+            for article in result.new:
+                res.bus.publish(DISCOVERED, article.id, article.to_json(), {"stage": "poll", "attempts": "1"})
+            res.bus.flush()  # on the bus first, then remembered: a crash in between re-discovers, never loses
+            res.feeds.mark_seen(result.new)
+            res.feeds.save(result.state)  # validators and body hash last, for the same reason
+            progress.discovered += len(result.new)
+    metrics.FEEDS_BROKEN.set(res.feeds.broken(settings.broken_after))
 
 
 @contextmanager

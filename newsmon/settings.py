@@ -47,6 +47,8 @@ class FetchSettings(_Model):
     max_bytes: int = Field(10_000_000, gt=0)  # decompressed body size cap
     retries: int = Field(2, ge=0, le=10)  # for transient article fetch failures
     concurrency: int = Field(8, ge=1, le=256)  # article fetches in flight
+    per_host: int = Field(2, ge=1, le=64)  # requests in flight to one host, feeds and pages together
+    host_delay: float = Field(0.2, ge=0)  # seconds between the starts of two requests to one host
     allow_private: list[str] = []  # CIDRs that may be fetched although not public, e.g. ["127.0.0.1/32"]
 
     @field_validator("allow_private")
@@ -61,6 +63,7 @@ class FetchSettings(_Model):
 
 
 class PollSettings(_Model):
+    concurrency: int = Field(32, ge=1, le=1024)  # feeds fetched at once (per-host limits still apply)
     backoff_max: int = Field(6 * 3600, ge=10)  # longest wait between polls of a failing feed
     max_age_cap: int = Field(86400, ge=10)  # a Cache-Control max-age above this is read as this
     broken_after: int = Field(3, ge=1)  # failures in a row from which a feed counts as broken

@@ -2,7 +2,9 @@
 
 import gzip
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -133,3 +135,31 @@ def test_fetch_command_shows_the_response_or_the_refusal(tmp_path, config_dir):
     lines = allowed.stdout.splitlines()
     assert lines[0] == f"HTTP 200  {site.url('/feed.xml')}" and lines[1] == f"  redirected to {site.url('/feed.xml')}"
     assert 'etag: "v1"' in lines and "6 bytes (decompressed)" in lines and lines[-1] == "<rss/>"
+
+
+def test_per_host_politeness_is_measured_by_the_server():
+    """At most per_host requests in flight to one host and host_delay between starts; other hosts unaffected."""
+    lock, state = threading.Lock(), {"now": 0, "max": 0, "starts": []}
+
+    def slow(handler):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            state["starts"].append(time.monotonic())
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        handler._send(Page(b"<rss/>"))
+
+    fetcher = Fetcher(FetchSettings(allow_private=["127.0.0.0/8"], per_host=2, host_delay=0.1))
+    with TestSite({"/f": slow}) as busy, TestSite({"/f": Page(b"<rss/>")}, host="127.0.0.2") as other:
+        with ThreadPoolExecutor(8) as pool:
+            jobs = [pool.submit(fetcher.get, busy.url("/f")) for _ in range(6)]
+            time.sleep(0.05)
+            started = time.monotonic()
+            fetcher.get(other.url("/f"))  # another host: not queued behind the busy one
+            assert time.monotonic() - started < 0.3
+            assert all(job.result().status == 200 for job in jobs)
+    starts = sorted(state["starts"])
+    assert state["max"] == 2
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.09
