@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from ingest.extract import Extracted, Extractor, decode_html
 from ingest.http import HTML_TYPES, Fetcher
+from ingest.robots import RobotsRules
 from newsmon.record import Article, to_iso, utc_now
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ def apply_extraction(article: Article, extracted: Extracted) -> Article:
     return updated
 
 
-def fetch_and_extract(article: Article, fetcher: Fetcher, extractor: Extractor, retries: int = 2) -> Article:
+def fetch_and_extract(article: Article, fetcher: Fetcher, extractor: Extractor, retries: int = 2,
+                      robots: RobotsRules | None = None) -> Article:
+    if robots is not None:
+        robots.check(article.url)
     response = fetcher.get(article.url, accept_types=HTML_TYPES, retries=retries)
     html, encoding, warnings = decode_html(response.content, response.charset)
     extracted = extractor(html, response.final_url)

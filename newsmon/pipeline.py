@@ -30,6 +30,7 @@ from ingest.extract import Extractor
 from ingest.feeds import FeedStore, due_feeds, fetch_feed, plan_poll, settle_poll
 from ingest.http import Fetcher
 from ingest.pages import fetch_and_extract
+from ingest.robots import RobotsRules
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
 from newsmon.record import Article, to_epoch
@@ -72,7 +73,9 @@ def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAG
     p = settings.pipeline
     stages = []
     if "extract" in names:
-        fetch = partial(fetch_and_extract, fetcher=res.fetcher, extractor=res.extractor, retries=p.fetch.retries)
+        robots = RobotsRules(res.fetcher) if p.fetch.robots else None
+        fetch = partial(fetch_and_extract, fetcher=res.fetcher, extractor=res.extractor, retries=p.fetch.retries,
+                        robots=robots)
         stages.append(Stage("extract", DISCOVERED, EXTRACTED, fetch, concurrency=p.fetch.concurrency))
     if "language" in names:
         stages.append(Stage("language", EXTRACTED, DETECTED, partial(detect_language, settings=p.language), cpu_bound=True))

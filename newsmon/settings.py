@@ -47,6 +47,7 @@ class FetchSettings(_Model):
     max_bytes: int = Field(10_000_000, gt=0)  # decompressed body size cap
     retries: int = Field(2, ge=0, le=10)  # for transient article fetch failures
     concurrency: int = Field(8, ge=1, le=256)  # article fetches in flight
+    robots: bool = True  # honour robots.txt for article pages (feeds are meant to be polled)
     per_host: int = Field(2, ge=1, le=64)  # requests in flight to one host, feeds and pages together
     host_delay: float = Field(0.2, ge=0)  # seconds between the starts of two requests to one host
     allow_private: list[str] = []  # CIDRs that may be fetched although not public, e.g. ["127.0.0.1/32"]

@@ -6,9 +6,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import brotli
 import pytest
 
 from ingest.http import HTML_TYPES, AddressPolicy, AddressRefused, FetchError, Fetcher
+from ingest.robots import RobotsRules
 from newsmon.settings import FetchSettings
 from tests.conftest import NEWSMON
 from tests.sites import Page, TestSite
@@ -88,6 +90,13 @@ def test_size_cap_applies_while_streaming_and_after_decompression(site):
     site.routes["/bomb"] = Page(bomb, headers={"Content-Type": "text/html", "Content-Encoding": "gzip"})
     with pytest.raises(FetchError, match="exceeds the 100000-byte limit"):
         _fetcher().get(site.url("/bomb"))
+    brotli_bomb = brotli.compress(b"\0" * 5_000_000)  # the same in brotli, which the fetcher accepts
+    site.routes["/br-bomb"] = Page(brotli_bomb, headers={"Content-Type": "text/html", "Content-Encoding": "br"})
+    with pytest.raises(FetchError, match="exceeds the 100000-byte limit"):
+        _fetcher().get(site.url("/br-bomb"))
+    site.routes["/br"] = Page(brotli.compress(b"<p>ok</p>"), headers={"Content-Type": "text/html", "Content-Encoding": "br"})
+    assert _fetcher().get(site.url("/br")).content == b"<p>ok</p>"
+    assert "br" in site.requests[-1][1]["Accept-Encoding"]
 
 
 def test_content_type_check(site):
@@ -163,3 +172,21 @@ def test_per_host_politeness_is_measured_by_the_server():
     starts = sorted(state["starts"])
     assert state["max"] == 2
     assert min(b - a for a, b in zip(starts, starts[1:])) >= 0.09
+
+
+def test_robots_txt_is_honoured_for_article_pages_and_cached_per_site():
+    site = TestSite({"/robots.txt": Page(b"User-agent: *\nDisallow: /private/\n", headers={"Content-Type": "text/plain"}),
+                     "/public/a.html": Page(b"<p>a</p>"), "/private/b.html": Page(b"<p>b</p>")})
+    fetcher = _fetcher()
+    robots = RobotsRules(fetcher)
+    with site:
+        robots.check(site.url("/public/a.html"))
+        with pytest.raises(FetchError, match=r"disallowed by http://127\.0\.0\.1:\d+/robots\.txt for user agent 'newsmon'"):
+            robots.check(site.url("/private/b.html"))
+        assert [path for path, _ in site.requests].count("/robots.txt") == 1  # cached for the site
+    with TestSite({}) as missing:  # no robots.txt (404): everything allowed
+        RobotsRules(fetcher).check(missing.url("/any.html"))
+    with TestSite({"/robots.txt": Page(b"down", 503)}) as broken:  # unreachable: not fetched for now
+        with pytest.raises(FetchError, match="robots.txt of .* could not be read \\(HTTP 503\\)") as err:
+            RobotsRules(fetcher).check(broken.url("/any.html"))
+        assert err.value.transient

@@ -128,3 +128,21 @@ def test_bad_feeds_and_pages_are_recorded_and_the_rest_goes_on(make_settings):
     reported = {(e["item"].rsplit("/", 1)[-1], e["reason"].split(":")[0]) for e in stats["recent_errors"]}
     assert {name for name, _ in reported} == set(errors) | {"404.xml", "500.xml", "slow.xml", "notxml.xml", "malformed.xml"}
     assert [w["item"].rsplit("/", 1)[-1] for w in stats["recent_warnings"]] == ["latin.html"]
+
+
+def test_an_article_robots_txt_disallows_is_a_dead_letter_with_the_reason(make_settings):
+    text = "The harbour council met on Monday to discuss the budget of the new bridge in detail. " * 4
+    routes = {"/robots.txt": Page(b"User-agent: newsmon\nDisallow: /members/\n", headers={"Content-Type": "text/plain"}),
+              "/news/a.html": Page(article_html("Open story", [text, text])),
+              "/members/b.html": Page(article_html("Members only", [text, text]))}
+    with TestSite(routes) as site:
+        site.routes["/feed.xml"] = Page(rss([("Open story", site.url("/news/a.html")),
+                                             ("Members only", site.url("/members/b.html"))]))
+        settings = make_settings()
+        progress = run(settings, [Feed(name="t", url=site.url("/feed.xml"))], once=True, stop=threading.Event())
+        assert "/members/b.html" not in [path for path, _ in site.requests]  # never requested
+    assert progress.done["index"] == 1
+    bus = SqliteBus(settings.data_dir / "queue.db")
+    [dead] = bus.recent(DEAD_LETTERS, 10)
+    assert "disallowed by" in dead.headers["error"] and "robots.txt" in dead.headers["error"]
+    bus.close()
