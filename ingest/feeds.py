@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS feeds (
     failures      INTEGER NOT NULL DEFAULT 0,
     entries_new   INTEGER NOT NULL DEFAULT 0,
     next_poll     REAL,
+    interval      REAL,
     disabled      TEXT,
     moved_to      TEXT,
     body_hash     TEXT
@@ -69,6 +70,7 @@ class FeedState:
     failures: int = 0
     entries_new: int = 0
     next_poll: float | None = None  # when the feed is due again (interval, max-age, backoff, Retry-After)
+    interval: float | None = None  # the adapted interval: shorter while the feed publishes, longer while quiet
     disabled: str | None = None  # why it is no longer polled (HTTP 410), until `newsmon feeds enable`
     moved_to: str | None = None  # where a permanent redirect (301/308) sent it: polled there from then on
     body_hash: str | None = None  # of the last parsed body: the same bytes are not parsed again
@@ -81,7 +83,8 @@ class FeedStore:
         self._conn = connect_sqlite(path)
         self._conn.executescript(_SCHEMA)
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(feeds)")}
-        for name, kind in (("next_poll", "REAL"), ("disabled", "TEXT"), ("moved_to", "TEXT"), ("body_hash", "TEXT")):
+        for name, kind in (("next_poll", "REAL"), ("interval", "REAL"), ("disabled", "TEXT"), ("moved_to", "TEXT"),
+                           ("body_hash", "TEXT")):
             if name not in have:  # a state.db from an earlier version
                 self._conn.execute(f"ALTER TABLE feeds ADD COLUMN {name} {kind}")
 
@@ -339,7 +342,8 @@ def settle_poll(feed: Feed, request: PollRequest, fetched: Fetched, store: FeedS
             state.entries_new = len(result.new)
             state.body_hash = fetched.digest
         state.last_success, state.last_error, state.failures = state.last_polled, None, 0
-        wait = max(feed.interval, min(_max_age(response.headers.get("cache-control", "")) or 0, settings.max_age_cap))
+        state.interval = adapt_interval(feed, state.interval, bool(result.new), settings)
+        wait = max(state.interval, min(_max_age(response.headers.get("cache-control", "")) or 0, settings.max_age_cap))
     else:
         if isinstance(exc, FetchError):
             result.error, state.last_status = exc.reason, exc.status
@@ -360,6 +364,17 @@ def settle_poll(feed: Feed, request: PollRequest, fetched: Fetched, store: FeedS
     metrics.FEED_POLLS.labels(feed.url, str(state.last_status or 0)).inc()
     (metrics.FEED_LAST_FAILURE if result.error else metrics.FEED_LAST_SUCCESS).labels(feed.url).set(state.last_polled)
     return result
+
+
+def adapt_interval(feed: Feed, current: float | None, found_new: bool, settings: PollSettings) -> float:
+    """The next interval: a quarter shorter after a poll with new entries, a quarter longer after one
+    without, kept within the feed's interval divided and multiplied by ``adapt_factor`` (and never
+    below ``min_interval``), so a busy feed is followed closely and a dormant one costs little."""
+    current = current or feed.interval
+    # The configured interval is always allowed, even below min_interval: the operator asked for it.
+    low = min(feed.interval, max(settings.min_interval, feed.interval / settings.adapt_factor))
+    high = feed.interval * settings.adapt_factor
+    return min(high, max(low, current * (0.75 if found_new else 1.25)))
 
 
 def poll_feed(feed: Feed, fetcher: Fetcher, store: FeedStore, settings: PollSettings | None = None,

@@ -65,6 +65,10 @@ class FetchSettings(_Model):
 
 class PollSettings(_Model):
     concurrency: int = Field(32, ge=1, le=1024)  # feeds fetched at once (per-host limits still apply)
+    # Adaptive intervals: a feed with new entries is polled more often, a quiet one less, between
+    # its configured interval divided and multiplied by this factor (1: always the configured interval).
+    adapt_factor: float = Field(4.0, ge=1.0, le=100.0)
+    min_interval: int = Field(60, ge=10)  # never more often than this, whatever the adaptation
     backoff_max: int = Field(6 * 3600, ge=10)  # longest wait between polls of a failing feed
     max_age_cap: int = Field(86400, ge=10)  # a Cache-Control max-age above this is read as this
     broken_after: int = Field(3, ge=1)  # failures in a row from which a feed counts as broken

@@ -189,3 +189,26 @@ def test_json_feed_1_1_with_relative_links_authors_and_entries_without_links():
     for bad in (b'{"version": "1", "items": []}', b"{" * 100_000, b'{"version": "https://jsonfeed.org/version/1.1",'):
         with pytest.raises(FeedParseError, match="not a feed"):
             parse_feed(bad, Feed(name="t", url="https://x.example/f"), "https://x.example/f")
+
+
+def test_intervals_adapt_to_how_often_a_feed_publishes_within_bounds(tmp_path):
+    with TestSite({"/f.xml": _feed_page()}) as site:
+        feed = Feed(name="t", url=site.url("/f.xml"), interval=800)
+        store = FeedStore(tmp_path / "state.db")
+        settings = PollSettings(adapt_factor=4, min_interval=60)
+        intervals = []
+        for n in range(6):  # a new entry at every poll: polled more and more often, down to 800 / 4
+            site.routes["/f.xml"] = _feed_page([(f"S{n}", "{{BASE_URL}}" + f"/s{n}.html")])
+            store.mark_seen(poll_feed(feed, _fetcher(), store, settings, now=1000.0).new)
+            intervals.append(store.get(feed.url).interval)
+        assert intervals == [600, 450, 337.5, 253.125, 200, 200]
+        quiet = []
+        for _ in range(14):  # then nothing new: less and less often, up to 800 * 4
+            poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+            quiet.append(store.get(feed.url).interval)
+        assert quiet[0] == 250 and quiet[-1] == 3200 and quiet == sorted(quiet)
+        assert store.get(feed.url).next_poll == 1000.0 + 3200
+    fixed = PollSettings(adapt_factor=1)
+    assert feeds.adapt_interval(feed, 800, True, fixed) == feeds.adapt_interval(feed, 800, False, fixed) == 800
+    often = Feed(name="t", url=feed.url, interval=20)  # below min_interval on purpose: still honoured
+    assert feeds.adapt_interval(often, 20, True, settings) == 20 and feeds.adapt_interval(often, 20, False, settings) == 25

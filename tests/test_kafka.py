@@ -36,6 +36,7 @@ def env(config_dir, tmp_path, kafka_bootstrap, prefix):
     (config_dir / "pipeline.yaml").write_text(
         f"kafka:\n  prefix: '{prefix}'\n  session_timeout_ms: 6000\nextract:\n  workers: 1\n"
         "runner:\n  batch_size: 10\n  processes: 0\nfetch:\n  concurrency: 4\n"
+        "poll:\n  adapt_factor: 1\n"  # fixed intervals: the poller tests count polling rounds
     )
     return {**os.environ, "NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"),
             "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32", "NEWSMON_BUS": kafka_bootstrap}
