@@ -27,6 +27,7 @@ from newsmon.record import Article, RecordError, utc_now
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 
+
 class SinkUnavailable(Exception):
     """A sink cannot take the batch now (its server is down or overloaded). Nothing of the batch
     is committed; the runner delivers it again later."""

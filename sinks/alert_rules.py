@@ -5,10 +5,10 @@ A rule matches when every part it gives matches: one of its topic tags, its quer
 prefix*; case and accents ignored), its language and source filters, and at
 least ``min_hits`` keyword occurrences.
 
-Rules are indexed by what an article must contain for them to match (one of the
-rule's tags, else a word of one of its query's required groups), so an article
-is checked only against the rules it could match: the cost follows the article's
-words, not the number of subscribers.
+Rules are indexed by what an article must contain for them to match (a word or
+prefix of one of the query's required groups, else one of the rule's tags with its
+languages), so an article is checked only against the rules it could match: the
+cost follows the article's words, not the number of subscribers.
 """
 
 from __future__ import annotations
