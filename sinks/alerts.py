@@ -143,11 +143,11 @@ def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
 
-def alert_item(article: Article, match: Match) -> dict:
-    """What an alert says about one article: enough to explain itself."""
+def alert_item(article: Article, match: Match, marked: str) -> dict:
+    """What an alert says about one article: enough to explain itself (``marked``: its snippet)."""
     return {
         "rule_id": match.rule_id, "matched_terms": match.terms, "hits": match.hits,
-        "snippet": snippet(article, match.terms),
+        "snippet": marked,
         "id": article.id, "url": article.canonical_url or article.url, "title": article.title,
         "source": article.source, "language": article.language, "published": article.published,
         "tags": article.tag_names,
@@ -249,6 +249,7 @@ class AlertLog:
     def _record(self, article: Article, matches: list[Match], now: float) -> None:
         window = now - self.settings.duplicate_window_days * 86400
         story = self._story(article, now, window)
+        snippets: dict[tuple[str, ...], str] = {}  # many subscribers match the same terms: one snippet each
         for match in matches:
             sub = self.subscribers[match.subscriber]
             if self._db.execute("SELECT 1 FROM deliveries WHERE subscriber = ? AND article_id = ?",
@@ -259,19 +260,25 @@ class AlertLog:
                                     " AND created >= ?", (sub.name, story, window)).fetchone()
             if same:
                 state, error = "duplicate", f"same story as article {same[0]}"
-                metrics.ALERTS.labels(self.channels[sub.name].kind if sub.name in self.channels else "none",
-                                      "duplicate").inc()
+                metrics.ALERTS.labels(self._kind(sub.name), "duplicate").inc()
             route = "digest" if sub.mode == "digest" else "immediate"
             if route == "immediate" and state == "pending" and self._sent_last_hour(sub.name, now) >= sub.rate_limit:
                 route = "digest"  # over the rate limit: into the next digest
             if route == "digest":
                 self._db.execute("INSERT OR IGNORE INTO digest_clock VALUES (?, ?)", (sub.name, now))
+            terms = tuple(match.terms)
+            marked = snippets[terms] = snippets.get(terms) or snippet(article, match.terms)
             self._db.execute(
                 "INSERT INTO deliveries (id, subscriber, article_id, rule_id, item, story, route, state, next_at,"
                 " last_error, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (uuid.uuid4().hex, sub.name, article.id, match.rule_id,
-                 json.dumps(alert_item(article, match), ensure_ascii=False), story, route, state, now, error, now),
+                 json.dumps(alert_item(article, match, marked), ensure_ascii=False), story, route, state, now, error,
+                 now),
             )
+
+    def _kind(self, subscriber: str) -> str:
+        """The subscriber's channel kind, for metric labels ("none" when channels were not checked)."""
+        return self.channels[subscriber].kind if subscriber in self.channels else "none"
 
     def _story(self, article: Article, now: float, since: float) -> str:
         """The story this article belongs to: a recent near-identical article's, else its own id."""
@@ -428,9 +435,8 @@ class AlertLog:
     def _finish(self, table: str, row: sqlite3.Row, error: DeliveryError | None) -> None:
         now = self.clock()
         attempts = row["attempts"] + 1
-        kind = self.channels[row["subscriber"]].kind if row["subscriber"] in self.channels else "none"
         final = error is not None and (not error.retriable or attempts >= self.settings.max_attempts)
-        metrics.ALERTS.labels(kind, "sent" if error is None else "failed" if final else "retry").inc()
+        metrics.ALERTS.labels(self._kind(row["subscriber"]), "sent" if error is None else "failed" if final else "retry").inc()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             if error is None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,21 @@ REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "newsmon" / "demo_site"
 EURONEWS_SLUG = "otan-ukraine-aide-35-milliards"
 NEWSMON = [sys.executable, "-m", "newsmon.cli"]
+
+
+def wait_for(predicate, timeout: float, what: str, *, every: float = 0.05, detail=None, ignore=()):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``, plus ``detail()``). Exceptions of the types in ``ignore``
+    count as "not yet" (a server still starting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if value := predicate():
+                return value
+        except ignore:
+            pass
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
 def demo_page(slug: str, base_url: str = "http://127.0.0.1:8765") -> bytes:

@@ -20,7 +20,7 @@ from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
 from sinks.alerts import AlertLog, next_digest, resemblance, sketch
-from tests.conftest import EURONEWS_SLUG, NEWSMON, REPO, demo_page
+from tests.conftest import EURONEWS_SLUG, NEWSMON, REPO, demo_page, wait_for
 from tests.receivers import WebhookReceiver
 
 FAST = AlertSettings(backoff_initial=0.05, backoff_max=0.2, request_timeout=5)
@@ -40,15 +40,6 @@ def _article(n: int, *, text: str = STORY, title: str | None = None, source: str
 def _subscriber(name: str, channel: str, **fields) -> Subscriber:
     fields.setdefault("rules", [{"tags": ["bridges"]}])
     return Subscriber(name=name, channel=channel, **fields)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Clock:
@@ -141,7 +132,7 @@ def test_signed_webhook_alert_explains_itself_and_arrives_once_despite_two_500s(
         article = _article(1, tags={"bridges": {"bridge": 1}})
         log.accept([article])
         log.accept([article])  # redelivered by the bus
-        _wait_for(lambda: hook.accepted, 10, "the alert delivered")
+        wait_for(lambda: hook.accepted, 10, "the alert delivered")
         assert log.settle(5)
         assert hook.answers == [500, 500, 200]
         [alert] = hook.accepted
@@ -158,12 +149,12 @@ def test_client_errors_are_not_retried_failures_are_visible_and_replayable(open_
     with WebhookReceiver(["s3cret"], statuses=[404]) as hook:
         log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET")])
         log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
-        _wait_for(lambda: log.status()["failed"], 10, "the delivery marked failed")
+        wait_for(lambda: log.status()["failed"], 10, "the delivery marked failed")
         [failed] = log.status()["failed"]
         assert "404" in failed["error"] and failed["attempts"] == 1
         assert hook.answers == [404]
         assert log.replay() == 1
-        _wait_for(lambda: hook.accepted, 10, "the replayed alert delivered")
+        wait_for(lambda: hook.accepted, 10, "the replayed alert delivered")
         assert log.settle(5)  # the receiver has it; now its answer is recorded too
         assert log.status()["subscribers"]["ops"] == {"sent": 1}
 
@@ -172,7 +163,7 @@ def test_retry_after_is_honoured(open_log):
     with WebhookReceiver(["s3cret"], statuses=[429], retry_after="30") as hook:
         log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET")])
         log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
-        _wait_for(lambda: log.status()["retrying"], 10, "the first attempt refused")
+        wait_for(lambda: log.status()["retrying"], 10, "the first attempt refused")
         with log._lock:
             wait = log._db.execute("SELECT next_at FROM deliveries").fetchone()[0] - time.time()
         assert 25 < wait <= 30  # the receiver's 30 s, not this configuration's 0.05 s backoff
@@ -184,7 +175,7 @@ def test_a_hanging_receiver_does_not_hold_up_other_subscribers(open_log):
                         _subscriber("fast", fast.url, secret_env="HOOK_SECRET", rules=[{"query": "bridge"}])])
         log.accept([_article(n, tags={"bridges": {"bridge": 1}}, text=f"{STORY} Item {n}.") for n in range(6)])
         started = time.monotonic()
-        _wait_for(lambda: len(fast.accepted) >= 1, 2, "the fast subscriber's first alert")
+        wait_for(lambda: len(fast.accepted) >= 1, 2, "the fast subscriber's first alert")
         assert time.monotonic() - started < 2
 
 
@@ -193,10 +184,10 @@ def test_a_pending_retry_survives_a_restart(open_log):
         subscriber = _subscriber("ops", hook.url, secret_env="HOOK_SECRET")
         log = open_log([subscriber], settings=AlertSettings(backoff_initial=1, backoff_max=1))
         log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
-        _wait_for(lambda: log.status()["retrying"], 10, "a failed first attempt")
+        wait_for(lambda: log.status()["retrying"], 10, "a failed first attempt")
         log.close(drain=0)  # stopped before the retry is due
         again = open_log([subscriber])
-        _wait_for(lambda: hook.accepted, 10, "the retry, made by the restarted process")
+        wait_for(lambda: hook.accepted, 10, "the retry, made by the restarted process")
         assert again.settle(5) and hook.answers == [503, 200]
 
 
@@ -329,7 +320,7 @@ def test_under_load_every_alert_is_sent_exactly_once(open_log):
             f"u{n}q{k}" for k in range(30))) for n in range(200)]
         for start in range(0, 200, 10):
             log.accept(articles[start:start + 10])
-        _wait_for(lambda: len(hook.accepted) >= 200, 30, "200 alerts")
+        wait_for(lambda: len(hook.accepted) >= 200, 30, "200 alerts")
         assert log.settle(5)
         assert sorted(a["items"][0]["id"] for a in hook.accepted) == sorted(a.id for a in articles)
         assert set(hook.answers) == {200} and len(hook.answers) == 200

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EURONEWS_SLUG, NEWSMON, SITE, write_feeds
+from tests.conftest import EURONEWS_SLUG, NEWSMON, SITE, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss
 
 
@@ -102,15 +102,6 @@ def test_extract_local_files(env, tmp_path):
     assert german["language"] == "de" and german["encoding"] == "cp1252" and "Bürger" in german["text"]
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _indexed(env) -> int:
     path = os.path.join(env["NEWSMON_DATA_DIR"], "index.db")
     if not os.path.exists(path):
@@ -138,7 +129,7 @@ def test_sigterm_stops_cleanly_and_commits(env, config_dir):
     with TestSite(_pages(6)) as site:
         write_feeds(config_dir, [{"name": "t", "url": site.url("/feed.xml"), "interval": 3600}])
         proc = subprocess.Popen(NEWSMON + ["run"], env=env, stderr=subprocess.PIPE, text=True)
-        _wait_for(lambda: _indexed(env) == 6, 60, "6 articles indexed")
+        wait_for(lambda: _indexed(env) == 6, 60, "6 articles indexed")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     stats = json.loads(newsmon(env, "stats", "--json").stdout)

@@ -6,7 +6,6 @@ import json
 import logging
 import subprocess
 import threading
-import time
 import tracemalloc
 
 import pytest
@@ -19,7 +18,7 @@ from newsmon.settings import ConfigError, ElasticsearchSettings, Feed
 from sinks.elasticsearch import EsError, EsIndex, index_for, search_body
 from sinks.query import parse
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
-from tests.conftest import NEWSMON
+from tests.conftest import NEWSMON, wait_for
 from tests.fake_es import FakeEs
 from tests.sites import Page, TestSite, article_html, rss
 
@@ -170,15 +169,6 @@ class _count_logged(logging.Handler):
         logging.getLogger().removeHandler(self)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.slow
 def test_elasticsearch_down_during_a_stream_loses_nothing_and_keeps_memory_bounded(fake, make_settings):
     settings = make_settings(**{"elasticsearch": {
@@ -191,7 +181,7 @@ def test_elasticsearch_down_during_a_stream_loses_nothing_and_keeps_memory_bound
     bus.flush()
     stop = threading.Event()
     thread = _index_stage_thread(settings, stop)
-    _wait_for(lambda: len(fake.documents()) == 40, 30, "the first 40 indexed")
+    wait_for(lambda: len(fake.documents()) == 40, 30, "the first 40 indexed")
 
     fake.stop()  # Elasticsearch goes down mid-stream; 1,000 more articles (~5 MB) arrive meanwhile
     big_text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 80
@@ -203,14 +193,14 @@ def test_elasticsearch_down_during_a_stream_loses_nothing_and_keeps_memory_bound
     tracemalloc.reset_peak()
     failures = _count_logged("stage index: sink unavailable")
     with failures:
-        _wait_for(lambda: failures.count >= 3, 30, "the stage retrying against the dead cluster")
+        wait_for(lambda: failures.count >= 3, 30, "the stage retrying against the dead cluster")
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 2_000_000, f"peak {peak} bytes while down: the stage buffers more than one batch"
     assert bus.backlog("index", TAGGED) == 1000  # all of it waits on disk, none committed
 
     fake.start(fake.port)  # back
-    _wait_for(lambda: bus.backlog("index", TAGGED) == 0, 60, "the backlog indexed after recovery")
+    wait_for(lambda: bus.backlog("index", TAGGED) == 0, 60, "the backlog indexed after recovery")
     stop.set()
     thread.join(timeout=30)
     assert len(fake.documents()) == 1040

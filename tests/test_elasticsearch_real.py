@@ -26,7 +26,8 @@ from newsmon.runner import Stage, process_batch
 from newsmon.settings import ElasticsearchSettings
 from sinks.elasticsearch import EsIndex
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
-from tests.test_elasticsearch import _article, _count_logged, _index_stage_thread, _wait_for
+from tests.conftest import wait_for
+from tests.test_elasticsearch import _article, _count_logged, _index_stage_thread
 
 ES_URL = os.environ.get("ES_URL", "")
 pytestmark = pytest.mark.skipif(not ES_URL, reason="ES_URL is not set: no real Elasticsearch/OpenSearch cluster to test")
@@ -203,10 +204,10 @@ def test_outage_during_a_stream_loses_nothing(prefix, make_settings):
         bus.flush()
         failures = _count_logged("stage index: sink unavailable")
         with failures:
-            _wait_for(lambda: failures.count >= 2, 60, "the stage retrying while the cluster is unreachable")
+            wait_for(lambda: failures.count >= 2, 60, "the stage retrying while the cluster is unreachable")
         assert bus.backlog("index", TAGGED) == 200
         relay.restore()
-        _wait_for(lambda: bus.backlog("index", TAGGED) == 0, 120, "the backlog indexed after the outage")
+        wait_for(lambda: bus.backlog("index", TAGGED) == 0, 120, "the backlog indexed after the outage")
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -20,7 +20,7 @@ from newsmon.bus import DEAD_LETTERS
 from newsmon.kafka_bus import KafkaBus
 from newsmon.pipeline import DISCOVERED, TAGGED
 from newsmon.record import Article, article_id
-from tests.conftest import EURONEWS_SLUG, NEWSMON, write_feeds
+from tests.conftest import EURONEWS_SLUG, NEWSMON, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss
 
 pytestmark = pytest.mark.slow
@@ -93,13 +93,9 @@ def _indexed(env):
             return []
 
 
+
 def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{_log_tails()}")
+    return wait_for(predicate, timeout, what, every=0.2, detail=_log_tails)  # timeouts show the stages' logs
 
 
 def _stop(*procs):

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from newsmon import pipeline
 from newsmon.pipeline import run
 from newsmon.settings import ConfigWatch
 from sinks.sqlite_index import SqliteIndex
-from tests.conftest import NEWSMON, write_feeds
+from tests.conftest import NEWSMON, wait_for, write_feeds
 from tests.fake_es import FakeEs
 from tests.sites import Page, TestSite, article_html, rss
 
@@ -30,16 +29,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+
 def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except httpx.TransportError:
-            pass  # the server is not up yet
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_for(predicate, timeout, what, ignore=(httpx.TransportError,))  # the server may not be up yet
 
 
 def _samples(base: str) -> dict[tuple[str, frozenset], float]:
