@@ -243,6 +243,28 @@ def search(query, languages, tags, sources, since, until, sort, limit, offset, a
     _print_hits(result.hits, start=offset + 1)
 
 
+@main.command()
+@click.option("--host", help="Address to listen on (default: serve.host in pipeline.yaml, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: serve.port, 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Serve the search API (/api/…, OpenAPI at /openapi.json) and the web page (/) over the index.
+
+    With NEWSMON_API_TOKEN set, every request needs that token (Authorization: Bearer, or /login in a browser).
+    """
+    import uvicorn
+
+    from newsmon.api import TOKEN_ENV, create_app, token_from_env
+
+    settings = _load()
+    host = host or settings.pipeline.serve.host
+    port = settings.pipeline.serve.port if port is None else port
+    token = token_from_env()
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        log.warning("serving on %s without %s: anyone who can reach it can read the index", host, TOKEN_ENV)
+    click.echo(f"newsmon serve: http://{host}:{port}/ (API docs at /api/docs)", err=True)
+    uvicorn.run(create_app(settings, token), host=host, port=port, log_level="warning", access_log=False)
+
+
 @contextmanager
 def _reader(settings: config.Settings, required: bool = True):
     """The search index for reading: Elasticsearch if configured, else the embedded one (None if absent)."""

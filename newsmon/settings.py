@@ -144,6 +144,14 @@ class AlertSettings(_Model):
     smtp: SmtpSettings = SmtpSettings()
 
 
+class ServeSettings(_Model):
+    """``newsmon serve``: the analysts' HTTP API and web page. The optional bearer token comes from
+    the environment only: NEWSMON_API_TOKEN."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines (set a token then)
+    port: int = Field(8080, ge=0, le=65535)
+
+
 class PipelineSettings(_Model):
     bus: str = "embedded"  # or kafka://HOST:PORT[,HOST:PORT...]
     metrics_addr: str = Field("", pattern=r"^(|[^:]*:\d{1,5})$")  # HOST:PORT for /metrics, /healthz, /readyz; empty: off
@@ -155,6 +163,7 @@ class PipelineSettings(_Model):
     language: LanguageSettings = LanguageSettings()
     runner: RunnerSettings = RunnerSettings()
     alerts: AlertSettings = AlertSettings()
+    serve: ServeSettings = ServeSettings()
 
     @field_validator("bus")
     @classmethod

@@ -4,12 +4,10 @@
 rules (``sinks/alert_rules.py``) and records one delivery per (subscriber, article)
 in SQLite, in one transaction per batch; only then does the runner commit the bus
 offset. A redelivered article meets the UNIQUE (subscriber, article) constraint. A
-story republished under another URL is recognised by its text: each matched article
-gets a bottom-k MinHash sketch of its word 3-shingles, and one whose estimated
-resemblance to an article of the last ``duplicate_window_days`` is at least 0.4
-joins that article's story; a subscriber who had the story gets a "duplicate"
-record instead of a second alert. (The sketches live in the same SQLite file and
-transaction as the deliveries; an in-memory LSH library would be lost on restart.)
+story republished under another URL is recognised by its text (``sinks/stories.py``:
+MinHash sketches in the same SQLite file and transaction as the deliveries); a
+subscriber who had the story within ``duplicate_window_days`` gets a "duplicate"
+record instead of a second alert.
 
 The dispatcher (a thread of the alert stage's process) sends what is due on a small
 thread pool, so a slow or failing receiver never holds up other subscribers. Failed
@@ -27,12 +25,10 @@ between those steps resends the same digest (same delivery id), never a second o
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -44,13 +40,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from enrich.keywords import fold
 from newsmon import metrics
 from newsmon.record import Article
 from newsmon.runner import backoff
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, Subscriber
 from sinks.alert_rules import Match, RuleIndex, snippet
 from sinks.channels import Channel, ChannelError, DeliveryError, parse_channel, send, snippet_html
+from sinks.stories import StoryIndex
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +71,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, route, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_rate ON deliveries (subscriber, route, created);
 CREATE INDEX IF NOT EXISTS deliveries_story ON deliveries (subscriber, story);
-CREATE TABLE IF NOT EXISTS sketches (
-    article_id TEXT PRIMARY KEY,
-    story TEXT NOT NULL,
-    sketch TEXT NOT NULL,               -- JSON: the k smallest 63-bit shingle hashes
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sketch_values (value INTEGER NOT NULL, article_id TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS sketch_values_value ON sketch_values (value);
 CREATE TABLE IF NOT EXISTS digests (
     id TEXT PRIMARY KEY,
     subscriber TEXT NOT NULL,
@@ -98,26 +86,7 @@ CREATE TABLE IF NOT EXISTS digests (
 CREATE TABLE IF NOT EXISTS digest_clock (subscriber TEXT PRIMARY KEY, last_due REAL NOT NULL);
 """
 
-_WORD = re.compile(r"\w+")
-_SKETCH_SIZE = 64
-_SAME_STORY = 0.4  # estimated resemblance from which two texts are one story (wire copy re-edited, trimmed)
 _WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-
-
-def sketch(text: str, k: int = _SKETCH_SIZE) -> list[int]:
-    """Bottom-k MinHash: the k smallest hashes of the folded text's word 3-shingles."""
-    words = _WORD.findall(fold(text).text)
-    shingles = {" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
-    # 63 bits: SQLite integers are signed 64-bit.
-    hashes = {int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") >> 1 for s in shingles}
-    return sorted(hashes)[:k]
-
-
-def resemblance(a: list[int], b: list[int], k: int = _SKETCH_SIZE) -> float:
-    """Estimated Jaccard similarity of the two shingle sets (Broder's bottom-k estimator)."""
-    union = sorted(set(a) | set(b))[:k]
-    both = set(a) & set(b)
-    return sum(1 for h in union if h in both) / len(union) if union else 0.0
 
 
 def next_digest(schedule: DigestSchedule, after: float) -> float:
@@ -221,6 +190,7 @@ class AlertLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # accepted means on disk: the bus commits after this
         self._db.executescript(_SCHEMA)
+        self.stories = StoryIndex(self._db)
         # A digest schedule starts when the subscriber first appears (or first has something held).
         self._db.executemany("INSERT OR IGNORE INTO digest_clock VALUES (?, ?)",
                              [(s.name, clock()) for s in subscribers if s.mode == "digest"])
@@ -248,7 +218,7 @@ class AlertLog:
 
     def _record(self, article: Article, matches: list[Match], now: float) -> None:
         window = now - self.settings.duplicate_window_days * 86400
-        story = self._story(article, now, window)
+        story = self.stories.story_of(article, now, window)
         snippets: dict[tuple[str, ...], str] = {}  # many subscribers match the same terms: one snippet each
         for match in matches:
             sub = self.subscribers[match.subscriber]
@@ -280,31 +250,10 @@ class AlertLog:
         """The subscriber's channel kind, for metric labels ("none" when channels were not checked)."""
         return self.channels[subscriber].kind if subscriber in self.channels else "none"
 
-    def _story(self, article: Article, now: float, since: float) -> str:
-        """The story this article belongs to: a recent near-identical article's, else its own id."""
-        row = self._db.execute("SELECT story FROM sketches WHERE article_id = ?", (article.id,)).fetchone()
-        if row:
-            return row[0]
-        mine = sketch(f"{article.title}\n{article.text}")
-        story, best = article.id, _SAME_STORY
-        marks = ",".join("?" * len(mine))
-        candidates = self._db.execute(
-            f"SELECT s.article_id, s.story, s.sketch FROM sketches s JOIN (SELECT article_id, COUNT(*) AS shared"
-            f" FROM sketch_values WHERE value IN ({marks}) GROUP BY article_id) v USING (article_id)"
-            f" WHERE s.created >= ? AND v.shared >= 4", (*mine, since))
-        for _, other_story, other in candidates:
-            if (score := resemblance(mine, json.loads(other))) >= best:
-                story, best = other_story, score
-        self._db.execute("INSERT INTO sketches VALUES (?, ?, ?, ?)", (article.id, story, json.dumps(mine), now))
-        self._db.executemany("INSERT INTO sketch_values VALUES (?, ?)", [(v, article.id) for v in mine])
-        return story
-
     def _forget_old_sketches(self, before: float) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM sketch_values WHERE article_id IN"
-                             " (SELECT article_id FROM sketches WHERE created < ?)", (before,))
-            self._db.execute("DELETE FROM sketches WHERE created < ?", (before,))
+            self.stories.forget_before(before)
 
     def _sent_last_hour(self, subscriber: str, now: float) -> int:
         return self._db.execute(

@@ -85,3 +85,61 @@ def kafka_bootstrap():
     yield "kafka://" + line
     proc.stdin.close()
     proc.wait(timeout=10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict:
+    """The environment of a data directory the demo pipeline filled once (14 articles, 7 languages)."""
+    import os
+    import subprocess
+
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(REPO / "config", root / "config")
+    env = {**os.environ, "NEWSMON_CONFIG_DIR": str(root / "config"), "NEWSMON_DATA_DIR": str(root / "data"),
+           "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32"}
+    env.pop("NEWSMON_API_TOKEN", None)
+    result = subprocess.run(NEWSMON + ["demo", "--port", str(free_port())], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return env
+
+
+def start_server(env: dict) -> tuple[str, object]:
+    """``newsmon serve`` in a subprocess; its base URL once /healthz answers, and the process."""
+    import subprocess
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(NEWSMON + ["serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"newsmon serve exited {proc.returncode}: {proc.stderr.read()}")
+        with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:  # 401 with a token: still up
+            return answer.status == 200
+
+    try:
+        wait_for(up, 30, "newsmon serve to answer /healthz", ignore=(OSError,))
+    except BaseException:
+        proc.kill()
+        raise
+    return base, proc
+
+
+@pytest.fixture(scope="session")
+def api_server(demo_data) -> str:
+    """The base URL of `newsmon serve` over the demo data."""
+    base, proc = start_server(demo_data)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)

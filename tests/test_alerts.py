@@ -19,7 +19,8 @@ from newsmon.pipeline import open_alerts
 from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
-from sinks.alerts import AlertLog, next_digest, resemblance, sketch
+from sinks.alerts import AlertLog, next_digest
+from sinks.stories import resemblance, sketch
 from tests.conftest import EURONEWS_SLUG, NEWSMON, REPO, demo_page, wait_for
 from tests.receivers import WebhookReceiver
 

@@ -4,21 +4,14 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EURONEWS_SLUG, NEWSMON, SITE, wait_for, write_feeds
+from tests.conftest import EURONEWS_SLUG, NEWSMON, SITE, free_port, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -36,7 +29,7 @@ def newsmon(env, *args, check=True, timeout=120):
 
 @pytest.mark.slow
 def test_demo_then_search_and_stats(env):
-    port = str(_free_port())
+    port = str(free_port())
     first = newsmon(env, "demo", "--port", port)
     assert "14 new articles discovered, 14 indexed, 0 failed" in first.stdout
     assert "per language: " in first.stdout and "fr 3" in first.stdout

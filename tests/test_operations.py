@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 
@@ -18,16 +17,9 @@ from newsmon import pipeline
 from newsmon.pipeline import run
 from newsmon.settings import ConfigWatch
 from sinks.sqlite_index import SqliteIndex
-from tests.conftest import NEWSMON, wait_for, write_feeds
+from tests.conftest import NEWSMON, free_port, wait_for, write_feeds
 from tests.fake_es import FakeEs
 from tests.sites import Page, TestSite, article_html, rss
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -56,7 +48,7 @@ TEXT = "The harbour council met on Monday to discuss the budget of the new bridg
 
 @pytest.mark.slow
 def test_a_running_pipeline_serves_metrics_health_and_json_logs_and_reloads_on_sighup(config_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with _story_site({f"Bridge story {n}": TEXT + f" Story {n}." for n in range(3)}) as site:
         site.routes["/gone.xml"] = Page(b"gone", 404)
@@ -95,7 +87,7 @@ def test_a_running_pipeline_serves_metrics_health_and_json_logs_and_reloads_on_s
 
 def test_readyz_follows_elasticsearch(make_settings, monkeypatch):
     monkeypatch.setattr(pipeline._BusProbe, "every", 0.2)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     fake = FakeEs().start()
     fake.stop()  # down when the index stage starts
