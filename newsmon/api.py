@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hmac
+import html
 import io
 import json
 import os
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 import yaml
 from fastapi import Depends, FastAPI, Form, HTTPException, Path as PathParam, Query, Request
@@ -275,8 +277,13 @@ def create_app(settings: Settings, token: str | None = None) -> FastAPI:
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         if token and request.url.path not in _OPEN_PATHS and not _authorised(request, token):
-            response = JSONResponse({"error": "a bearer token is required (Authorization: Bearer …, or log in "
-                                              "at /login)"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            if request.url.path == "/":  # a browser opening the page: sign in first, then come back here
+                response = RedirectResponse("/login?" + urlencode({"next": str(request.url.replace(
+                    scheme="", netloc=""))}), status_code=303)
+            else:
+                response = JSONResponse({"error": "a bearer token is required (Authorization: Bearer …, or log in "
+                                                  "at /login)"}, status_code=401,
+                                        headers={"WWW-Authenticate": "Bearer"})
         else:
             response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
@@ -389,15 +396,15 @@ def create_app(settings: Settings, token: str | None = None) -> FastAPI:
             log.close(drain=0)
 
     @app.get("/login", include_in_schema=False)
-    def login_form() -> HTMLResponse:
-        return HTMLResponse(_LOGIN_PAGE)
+    def login_form(next_: Annotated[str, Query(alias="next", max_length=2000)] = "/") -> HTMLResponse:
+        return HTMLResponse(_login_page(next_))
 
     @app.post("/login", include_in_schema=False)
-    def login(token_field: Annotated[str, Form(alias="token", max_length=1000)]) -> Response:
+    def login(token_field: Annotated[str, Form(alias="token", max_length=1000)],
+              next_: Annotated[str, Form(alias="next", max_length=2000)] = "/") -> Response:
         if not token or not hmac.compare_digest(token_field.encode(), token.encode()):
-            return HTMLResponse(_LOGIN_PAGE.replace("<!--error-->", '<p role="alert">Wrong token.</p>'),
-                                status_code=401)
-        response = RedirectResponse("/", status_code=303)
+            return HTMLResponse(_login_page(next_, "Wrong token."), status_code=401)
+        response = RedirectResponse(_local(next_), status_code=303)
         response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=False)
         return response
 
@@ -452,11 +459,19 @@ def _ndjson_chunks(records: Iterator[dict]) -> Iterator[bytes]:
         yield ("\n".join(lines) + "\n").encode()
 
 
-_LOGIN_PAGE = """<!doctype html>
+def _local(target: str) -> str:
+    """A path on this server to go back to after signing in; anything else (another site) is "/"."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+def _login_page(next_: str, error: str = "") -> str:
+    alert = f'<p role="alert">{html.escape(error)}</p>' if error else ""
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>newsmon: sign in</title></head>
-<body><main class="login"><h1>newsmon</h1><!--error-->
-<form method="post" action="/login"><label for="token">API token</label>
+<body><main><h1>newsmon</h1>{alert}
+<form method="post" action="/login"><input type="hidden" name="next" value="{html.escape(_local(next_))}">
+<label for="token">API token</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
 <button type="submit">Sign in</button></form></main></body></html>
 """

@@ -221,15 +221,23 @@ def test_a_token_guards_every_route(demo_data):
     base, proc = start_server({**demo_data, "NEWSMON_API_TOKEN": "s3cret-token"})
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
-            for path in ("/", "/api/search", "/openapi.json", "/static/app.js", "/api/saved-searches"):
+            for path in ("/api/search", "/openapi.json", "/static/app.js", "/api/saved-searches", "/api/docs"):
                 refused = client.get(path)
                 assert refused.status_code == 401, path
                 assert refused.headers["www-authenticate"] == "Bearer"
+            page = client.get("/?q=otan&lang=fr")  # a browser is sent to sign in, and back here after
+            assert page.status_code == 303 and page.headers["location"] == "/login?next=%2F%3Fq%3Dotan%26lang%3Dfr"
+            assert 'name="next" value="/?q=otan&amp;lang=fr"' in client.get(page.headers["location"]).text
+            assert client.get("/healthz").status_code == 200  # liveness for orchestrators, no data
             assert client.get("/api/search", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert client.get("/api/search", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
             assert client.post("/login", data={"token": "wrong"}).status_code == 401
-            login = client.post("/login", data={"token": "s3cret-token"})
-            assert login.status_code == 303 and "httponly" in login.headers["set-cookie"].lower()
+            assert client.post("/login", data={"token": "s3cret-token", "next": "//evil.example"}).headers[
+                "location"] == "/"  # never sent to another site
+            login = client.post("/login", data={"token": "s3cret-token", "next": "/?q=otan"})
+            assert login.status_code == 303 and login.headers["location"] == "/?q=otan"
+            assert "httponly" in login.headers["set-cookie"].lower()
+            assert client.get("/").status_code == 200
             assert client.get("/api/search").status_code == 200  # the cookie the login set
     finally:
         proc.terminate()
