@@ -460,7 +460,10 @@ def test_stages_scale_and_alert_stays_single(compose):
     volumes = set(compose.get("volumes") or {})
     for name, svc in newsmon_services(compose).items():
         assert "container_name" not in svc, f"{name}: container_name would forbid --scale"
-        assert not svc.get("ports"), f"{name}: stages publish no host port (metrics are scraped on the network)"
+        if name == "api":  # the analysts' page and API: on the host's loopback only, as shipped
+            assert svc["ports"] == ["127.0.0.1:8080:8080"] and svc["command"][-1] == "8080"
+        else:
+            assert not svc.get("ports"), f"{name}: stages publish no host port (metrics are scraped on the network)"
         assert "./config:/config:ro" in svc.get("volumes", []), f"{name}: the operator's config, read-only"
     stages = stage_services(compose)
     assert (stages["alert"].get("deploy") or {}).get("replicas", 1) == 1
@@ -471,7 +474,8 @@ def test_stages_scale_and_alert_stays_single(compose):
     data_volumes = {name: [v.split(":")[0] for v in svc.get("volumes", []) if v.split(":")[1] == "/data"]
                     for name, svc in newsmon_services(compose).items()}
     assert data_volumes["poll"] == ["poll-data"] and data_volumes["alert"] == ["alert-data"]
-    assert {"poll-data", "alert-data"} <= volumes
+    assert data_volumes["api"] == ["api-data"]  # saved searches
+    assert {"poll-data", "alert-data", "api-data"} <= volumes
     owners = [v for vs in data_volumes.values() for v in vs]
     assert len(owners) == len(set(owners)), f"a data volume shared by two services: {data_volumes}"
 
