@@ -91,3 +91,39 @@ def test_no_query_can_break_the_index(tmp_path_factory, query):
 
 
 _FUZZ_INDEX: dict = {}
+
+
+STORY = ("The port authority of Ellis confirmed on Tuesday that three NATO frigates will dock next week to load "
+         "equipment bound for Ukraine, the largest such shipment since the spring. Dock workers said the "
+         "preparations began overnight and would continue through the weekend, with road closures around the "
+         "northern quay. The mayor welcomed the visit and promised minimal disruption to the ferries.")
+
+
+def test_whole_index_counts_kept_while_indexing_equal_counting_every_article(index, tmp_path):
+    """The page with no words and no filters reads counts kept up to date by each upsert; they must be what
+    counting every article gives (the general search path) and what a recount from scratch gives,
+    through copies joining a story and re-indexed articles whose language, source and tags changed."""
+    copy = STORY.replace(" The mayor welcomed the visit and promised minimal disruption to the ferries.", "")
+    index.upsert_many([_article("ellis", "Frigates at Ellis", STORY, language="en", source="Ellis Post",
+                                tags=["nato", "ukraine"], published="2026-02-10T08:00:00Z"),
+                       _article("ellis-wire", "Frigates due in Ellis", copy, language="en", source="Wire",
+                                tags=["nato"], published="2026-02-12T07:00:00Z")])
+    index.upsert_many([_article("econ", "Inflation slows", "The central bank kept interest rates on hold.",
+                                language="de", source="Other Paper", tags=["elections"]),  # re-indexed, changed
+                       _article("ellis-wire", "Frigates due in Ellis", copy, language="en", source="Wire",
+                                tags=["security"], published="2026-02-12T07:00:00Z")])
+
+    def view(result):
+        return (result.total, result.articles, result.facets, result.timeline,
+                [(h.article.id, [d["id"] for d in h.duplicates]) for h in result.hits])
+
+    kept = view(index.search("", limit=100))
+    counted = view(index.search("", Filters(since="0"), limit=100))  # a filter everything passes: counts rows
+    assert kept == counted
+    assert (kept[0], kept[1]) == (5, 6) and kept[2]["source"]["Other Paper"] == 1 and "Harbor Gazette" in kept[2]["source"]
+    assert kept[2]["tag"] == {"nato": 3, "security": 3, "climate": 1, "elections": 1, "ukraine": 1}
+    before = index._conn.execute("SELECT * FROM facet_counts ORDER BY 1, 2").fetchall()
+    index.recount()
+    assert index._conn.execute("SELECT * FROM facet_counts ORDER BY 1, 2").fetchall() == before
+    pages = [view(index.search("", limit=2, offset=n))[4] for n in (0, 2, 4)]
+    assert [h for page in pages for h in page] == kept[4]  # the same order, page by page
