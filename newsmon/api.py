@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
@@ -183,6 +184,35 @@ class Readers:
             index.close()
 
 
+class ResultCache:
+    """Recent search answers, each valid while the index's generation is the one it was computed at
+    (the embedded index raises it on every write; Elasticsearch keeps its own request cache, so
+    nothing is cached for it). Repeated searches and the opening page are answered without counting
+    every match again, and never with stale results."""
+
+    def __init__(self, entries: int):
+        self.entries = entries
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[tuple, tuple[int, object]] = OrderedDict()
+
+    def search(self, index, key: tuple, compute):
+        generation = index.generation() if self.entries and hasattr(index, "generation") else None
+        if generation is None:
+            return compute()
+        with self._lock:
+            cached = self._answers.get(key)
+            if cached and cached[0] == generation:
+                self._answers.move_to_end(key)
+                return cached[1]
+        answer = compute()
+        with self._lock:
+            self._answers[key] = (generation, answer)
+            self._answers.move_to_end(key)
+            while len(self._answers) > self.entries:
+                self._answers.popitem(last=False)
+        return answer
+
+
 # -- parameters ------------------------------------------------------------------------------------
 
 class Search:
@@ -250,6 +280,7 @@ def alert_snippet(search: Search, name: str, channel: str) -> dict:
 def create_app(settings: Settings, token: str | None = None) -> FastAPI:
     """The ASGI application. ``token``: required on every route when given (NEWSMON_API_TOKEN)."""
     readers = Readers(settings)
+    cache = ResultCache(settings.pipeline.serve.cache_entries)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     saved = SavedSearches(settings.data_dir / "saved.db")
     saved_lock = threading.Lock()  # one connection for the few writes saved searches see
@@ -303,8 +334,11 @@ def create_app(settings: Settings, token: str | None = None) -> FastAPI:
             raise RequestValidationError([{"loc": ("query", "page"), "type": "value_error", "input": page,
                                            "msg": f"page × size may be at most {MAX_WINDOW:,}: export the query "
                                                   "(/api/search.csv or .ndjson) to read every match"}])
-        result = readers.get().search(search.q, search.filters, sort=search.sort, limit=size,
-                                      offset=(page - 1) * size)
+        index = readers.get()
+        f = search.filters
+        key = (search.q, tuple(f.languages), tuple(f.sources), tuple(f.tags), f.since, f.until, search.sort, page, size)
+        result = cache.search(index, key, lambda: index.search(search.q, f, sort=search.sort, limit=size,
+                                                               offset=(page - 1) * size))
         # Built to match SearchAnswer (the tests check answers against the OpenAPI document); returned as a
         # response so FastAPI does not validate and re-encode it on this hot path.
         return JSONResponse({

@@ -150,6 +150,7 @@ class ServeSettings(_Model):
 
     host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines (set a token then)
     port: int = Field(8080, ge=0, le=65535)
+    cache_entries: int = Field(256, ge=0, le=100_000)  # search answers kept while the index is unchanged; 0: none
 
 
 class PipelineSettings(_Model):

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS article_facts (
     single    INTEGER NOT NULL,  -- 1 while the story has no other article: counted without DISTINCT
     language  TEXT NOT NULL,
     source    TEXT NOT NULL,
-    published TEXT
+    published TEXT,
+    tags      TEXT               -- JSON array of its topics (NULL: none), counted without a join per article
 );
 CREATE INDEX IF NOT EXISTS article_facts_by_story ON article_facts(story);
 CREATE INDEX IF NOT EXISTS article_facts_by_date ON article_facts(published);
@@ -69,6 +70,8 @@ CREATE TABLE IF NOT EXISTS story_values (  -- what each story counts for: its la
     value TEXT NOT NULL,
     PRIMARY KEY (story, kind, value)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generation (n INTEGER NOT NULL);  -- one row: raised by every write, for caches
+INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation);
 CREATE TABLE IF NOT EXISTS facet_counts (
     kind    TEXT NOT NULL,
     value   TEXT NOT NULL,
@@ -165,8 +168,9 @@ class SqliteIndex:
         self._conn.executescript(_SCHEMA)
         with self._conn:  # an index.db from before stories: every article its own story
             self._conn.execute(
-                "INSERT INTO article_facts SELECT rowid, id, 1, coalesce(language, 'und'), source, published "
-                "FROM articles WHERE rowid NOT IN (SELECT article FROM article_facts)")
+                "INSERT INTO article_facts SELECT rowid, id, 1, coalesce(language, 'und'), source, published, "
+                "(SELECT json_group_array(tag) FROM article_tags WHERE article = a.rowid HAVING count(*)) "
+                "FROM articles a WHERE rowid NOT IN (SELECT article FROM article_facts)")
             if not self._conn.execute("SELECT 1 FROM facet_counts LIMIT 1").fetchone():
                 self.recount()
         self._stories = StoryIndex(self._conn)
@@ -201,14 +205,20 @@ class SqliteIndex:
                 if shared:
                     self._conn.execute("UPDATE article_facts SET single = 0 WHERE story = ? AND single", (story,))
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO article_facts VALUES (?, ?, ?, ?, ?, ?)",
-                    (rowid, story, 0 if shared else 1, article.language or "und", article.source, published))
+                    "INSERT OR REPLACE INTO article_facts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rowid, story, 0 if shared else 1, article.language or "und", article.source, published,
+                     json.dumps(article.tag_names) if article.tags else None))
                 self._conn.execute("DELETE FROM article_tags WHERE article = ?", (rowid,))
                 self._conn.executemany(
                     "INSERT INTO article_tags (tag, article) VALUES (?, ?)", [(t, rowid) for t in article.tag_names]
                 )
                 self._count_story(story)
+            self._conn.execute("UPDATE generation SET n = n + 1")
         return []
+
+    def generation(self) -> int:
+        """A number that changes whenever the index does: a search answer stays valid while it is the same."""
+        return self._conn.execute("SELECT n FROM generation").fetchone()[0]
 
     def _count_story(self, story: str) -> None:
         """Bring the whole-index counts up to date with what ``story`` counts for now."""
@@ -285,8 +295,9 @@ class SqliteIndex:
         source, clause, params, must = self._matching(query, filters or Filters())
         if not clause:
             return self._everything(limit, offset)
-        score = f"bm25(articles_fts, {_TITLE_WEIGHT}, {_TEXT_WEIGHT})" if must else "NULL"
-        order = "score, published DESC, rid DESC" if must and sort == "relevance" else "published DESC, rid DESC"
+        ranked = must and sort == "relevance"  # bm25 is most of a broad search's cost: only when it orders
+        score = f"bm25(articles_fts, {_TITLE_WEIGHT}, {_TEXT_WEIGHT})" if ranked else "NULL"
+        order = "score, published DESC, rid DESC" if ranked else "published DESC, rid DESC"
         db = self._conn
         db.execute("BEGIN")  # one snapshot for every statement below, while the index stage writes
         try:
@@ -294,12 +305,13 @@ class SqliteIndex:
             # Matches evaluated once, into a temporary table the counts and the page are read from.
             db.execute(
                 f"CREATE TEMP TABLE matched AS SELECT f.article AS rid, f.story, f.single, f.language, f.source, "
-                f"substr(f.published, 1, 10) AS day, f.published, {score} AS score FROM {source} {clause}", params)
+                f"f.tags, substr(f.published, 1, 10) AS day, f.published, {score} AS score FROM {source} {clause}",
+                params)
             articles, total = db.execute(f"SELECT COUNT(*), {_STORIES} FROM matched").fetchone()
             facets = {
                 "language": self._count("language"),
                 "source": self._count("source"),
-                "tag": self._count("t.tag", " JOIN article_tags t ON t.article = rid"),
+                "tag": self._count("t.value", ", json_each(tags) t WHERE tags IS NOT NULL"),
             }
             timeline = db.execute(  # a story counts on the first day it was published
                 "SELECT day, COUNT(*) FROM (SELECT day FROM matched WHERE single AND day IS NOT NULL UNION ALL "

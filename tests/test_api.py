@@ -276,3 +276,20 @@ def test_no_input_makes_a_server_error(demo_app):
             except Unsatisfiable:
                 assert mode == schemathesis.GenerationMode.NEGATIVE  # nothing to get wrong: no parameters
     assert answered > 500
+
+
+def test_repeated_searches_are_answered_from_the_cache_until_the_index_changes(tmp_path, config_dir, monkeypatch):
+    index = SqliteIndex(tmp_path / "data" / "index.db")
+    index.upsert_many([_article(1, "Harbour dredging resumes on the northern channel.")])
+    computed = []
+    search = SqliteIndex.search
+    monkeypatch.setattr(SqliteIndex, "search", lambda self, *a, **kw: computed.append(a) or search(self, *a, **kw))
+    with TestClient(create_app(config.load(config_dir, tmp_path / "data"))) as client:
+        first = client.get("/api/search", params={"q": "harbour"}).json()
+        assert client.get("/api/search", params={"q": "harbour"}).json() == first and len(computed) == 1
+        client.get("/api/search", params={"q": "harbour", "page": 2})
+        assert len(computed) == 2  # another page is another answer
+        index.upsert_many([_article(2, "The harbour master retires after forty years.")])
+        after = client.get("/api/search", params={"q": "harbour"}).json()
+        assert len(computed) == 3 and after["total"] == first["total"] + 1  # never a stale answer
+    index.close()
