@@ -134,7 +134,8 @@ def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None
     if es.url:
         from sinks.elasticsearch import EsError, EsIndex  # only imported when configured
 
-        index = EsIndex(es)
+        # The writer assigns stories from the sketches in stories.db; readers only read them from the documents.
+        index = EsIndex(es, stories=settings.data_dir / "stories.db" if writer else None)
         try:
             return index.try_connect() if writer else index.connect(install=False)
         except EsError as exc:  # unsupported version, bad credentials: the operator must act

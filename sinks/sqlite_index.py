@@ -100,7 +100,7 @@ _TITLE_WEIGHT, _TEXT_WEIGHT = 5.0, 1.0
 
 
 STORY_WINDOW_DAYS = 7.0  # a copy indexed within this many days of the first joins its story
-_GROUPED_LIMIT = 20  # other articles of a story listed with its hit
+GROUPED_LIMIT = 20  # other articles of a story listed with its hit
 _FACET_SIZE = 50
 # Stories among matched rows: articles alone in their story count one each, the others once per story.
 _STORIES = "COUNT(*) FILTER (WHERE single) + COUNT(DISTINCT story) FILTER (WHERE NOT single)"
@@ -157,7 +157,7 @@ class Filters:
     until: str | None = None  # exclusive
 
 
-_SUMMARY_FIELDS = ("id", "url", "title", "source", "language", "published")  # of a story's other articles
+SUMMARY_FIELDS = ("id", "url", "title", "source", "language", "published")  # of a story's other articles
 
 
 class SqliteIndex:
@@ -379,7 +379,7 @@ class SqliteIndex:
         for rid, story, score in page:
             record, text, snippet = found[rid]
             article = _article(record, text)
-            others = [m for m in members.get(story, []) if m["id"] != article.id][:_GROUPED_LIMIT]
+            others = [m for m in members.get(story, []) if m["id"] != article.id][:GROUPED_LIMIT]
             hits.append(Hit(article, " ".join(snippet.split()), None if score is None else -score, story, others))
         return hits
 
@@ -387,12 +387,12 @@ class SqliteIndex:
         """Summaries of the articles of these stories that have several, oldest first, per story."""
         marks = ",".join("?" * len(stories))
         out: dict[str, list[dict]] = {}
-        columns = ", ".join(f"a.{c}" for c in _SUMMARY_FIELDS)
+        columns = ", ".join(f"a.{c}" for c in SUMMARY_FIELDS)
         for story, *values in self._conn.execute(
                 f"SELECT f.story, {columns} FROM article_facts f JOIN articles a ON a.rowid = f.article "
                 f"WHERE f.story IN ({marks}) AND NOT f.single ORDER BY f.published, a.id", stories):
             if values[0] not in exclude:
-                out.setdefault(story, []).append(dict(zip(_SUMMARY_FIELDS, values)))
+                out.setdefault(story, []).append(dict(zip(SUMMARY_FIELDS, values)))
         return out
 
     def export(self, query: str, filters: Filters | None = None, *, text: bool = True) -> Iterator[dict]:

@@ -1,14 +1,17 @@
 """A stand-in Elasticsearch on 127.0.0.1 for the tests (no real cluster can run on CI machines).
 
 It answers the endpoints newsmon and its tests call (``/``, ``_index_template``, index
-creation and deletion, ``_alias``, ``_refresh``, ``_bulk``, ``_search``, ``_count``) with the response shapes of the Elasticsearch REST API
+creation and deletion, ``_mapping``, ``_alias``, ``_refresh``, ``_bulk`` (index and partial
+update), ``_search``, ``_count``) with the response shapes of the Elasticsearch REST API
 documentation, including bulk per-item errors, 429 and 503, and can be stopped and
 restarted on the same port to play an outage. It checks date fields like a real
 mapping would (a bad date is a ``document_parsing_exception`` for that item).
 
 Search evaluates the query DSL subset newsmon sends (bool, multi_match best_fields /
-phrase / phrase_prefix, terms, range, ids, match_all; sort, collapse, highlight, terms
-aggregations) over accent-folded, lower-cased tokens; it does no stemming.
+phrase / phrase_prefix, term, terms, range, ids, exists, match_all; sort with sort values
+in the hits, search_after, collapse with inner_hits, highlight, _source filtering; terms,
+date_histogram (by day) and cardinality aggregations, nested) over accent-folded,
+lower-cased tokens; it does no stemming, and its cardinality is exact.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cmp_to_key
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSIONS = {
@@ -128,6 +132,8 @@ class FakeEs:
         if len(parts) == 2 and parts[1] == "_alias" and method == "GET":
             names = [n for n in self.indices if fnmatch.fnmatch(n, parts[0])]
             return 200, {n: {"aliases": {a: {} for a, members in self.aliases.items() if n in members}} for n in names}
+        if len(parts) == 2 and parts[1] == "_mapping" and method == "PUT":  # fields are checked on the template only
+            return 200, {"acknowledged": True}
         if len(parts) == 2 and parts[1] == "_refresh":
             return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
         if len(parts) == 2 and parts[1] in ("_search", "_count"):
@@ -139,7 +145,10 @@ class FakeEs:
             if parts[1] == "_count":
                 matched = [d for d in docs if _matches(request.get("query", {"match_all": {}}), d[2])[0]]
                 return 200, {"count": len(matched), "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}
-            return 200, _search(request, docs)
+            dates = {name for template in self.templates.values()
+                     for name, spec in template["template"]["mappings"]["properties"].items()
+                     if spec.get("type") == "date"}
+            return 200, _search(request, docs, dates)
         return 400, _error("illegal_argument_exception", f"fake does not implement {method} {path}", 400)
 
     def _template_for(self, index: str) -> dict:
@@ -171,11 +180,13 @@ class FakeEs:
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         items, errors = [], False
         for action, doc in zip(lines[::2], lines[1::2]):
-            meta = action["index"]
+            (kind, meta), = action.items()
             index, doc_id = meta["_index"], meta["_id"]
             queued = self.item_statuses.get(doc_id)
             status = queued.pop(0) if queued else None
-            if status is None:
+            if status is None and kind == "update":
+                status, error = self._update(index, doc_id, doc["doc"])
+            elif status is None:
                 status, error = self._store(index, doc_id, doc)
             else:
                 error = {"type": "es_rejected_execution_exception", "reason": "rejected execution of primary operation"}
@@ -186,7 +197,7 @@ class FakeEs:
             else:
                 item.update({"_version": 1, "result": "created" if status == 201 else "updated",
                              "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1})
-            items.append({"index": item})
+            items.append({kind: item})
         return 200, {"took": 3, "errors": errors, "items": items}
 
     def _store(self, index: str, doc_id: str, doc: dict) -> tuple[int, dict | None]:
@@ -208,6 +219,14 @@ class FakeEs:
         created = doc_id not in self.indices[index]
         self.indices[index][doc_id] = stored
         return (201 if created else 200), None
+
+    def _update(self, index: str, doc_id: str, partial: dict) -> tuple[int, dict | None]:
+        stored = self.indices.get(index, {}).get(doc_id)
+        if stored is None:
+            return 404, {"type": "document_missing_exception", "reason": f"[{doc_id}]: document missing"}
+        stored.update(partial)
+        stored["__indexed"].update(partial)
+        return 200, None
 
 
 # -- query evaluation --------------------------------------------------------------------------
@@ -248,6 +267,11 @@ def _matches(query: dict, doc: dict) -> tuple[bool, float]:
         if should and sum(ok for ok, _ in should) < spec.get("minimum_should_match", 0):
             return False, 0.0
         return True, score + sum(s for ok, s in should if ok)
+    if kind == "term":
+        (name, value), = spec.items()
+        return value in _values(doc, name), 0.0
+    if kind == "exists":
+        return bool(_values(doc, spec["field"])), 0.0
     if kind == "terms":
         (name, values), = spec.items()
         value = doc["__indexed"].get(name)
@@ -309,61 +333,167 @@ def _query_words(query: dict) -> set[str]:
     return words
 
 
-def _search(request: dict, docs: list) -> dict:
+def _values(doc: dict, name: str) -> list:
+    value = doc["__indexed"].get(name)
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _epoch_ms(stamp: str) -> int:
+    moment = datetime.fromisoformat(stamp)
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+@dataclass
+class _Match:
+    index: str
+    id: str
+    doc: dict
+    score: float
+    sort: list = field(default_factory=list)  # the hit's sort values, as Elasticsearch returns them
+
+
+def _sort_keys(sort: list) -> list[tuple[str, dict]]:
+    """(field, options) per sort clause: "_score", {"f": "asc"} and {"f": {"order": ...}} alike."""
+    keys = []
+    for clause in sort:
+        name, spec = (clause, {}) if isinstance(clause, str) else next(iter(clause.items()))
+        spec = {"order": spec} if isinstance(spec, str) else spec
+        keys.append((name, {"order": "desc" if name == "_score" else "asc", **spec}))
+    return keys
+
+
+def _sort(matched: list[_Match], sort: list, dates: set[str]) -> list[_Match]:
+    """Sorted, each with its sort values: dates in epoch milliseconds, and a missing value (a date, in what
+    newsmon sorts on) as Elasticsearch puts it last: the smallest long descending, the largest ascending."""
+    keys = _sort_keys(sort)
+    for m in matched:
+        m.sort = []
+        for name, spec in keys:
+            value = m.score if name == "_score" else m.doc["__indexed"].get(name)
+            if value is None:
+                value = -2**63 if spec["order"] == "desc" else 2**63 - 1
+            elif name in dates:
+                value = _epoch_ms(value)
+            m.sort.append(value)
+    return sorted(matched, key=cmp_to_key(lambda a, b: _compare(a.sort, b.sort, keys)))
+
+
+def _compare(a: list, b: list, keys: list[tuple[str, dict]]) -> int:
+    for x, y, (_, spec) in zip(a, b, keys):
+        if x != y:
+            return (1 if x > y else -1) * (-1 if spec["order"] == "desc" else 1)
+    return 0
+
+
+def _source(doc: dict, spec) -> dict | None:
+    source = {k: v for k, v in doc.items() if k != "__indexed"}
+    if spec is False:
+        return None
+    if isinstance(spec, list):
+        return {k: v for k, v in source.items() if k in spec}
+    if isinstance(spec, dict):
+        return {k: v for k, v in source.items() if not any(fnmatch.fnmatch(k, p) for p in spec.get("excludes", []))}
+    return source
+
+
+def _hit(m: _Match, request: dict) -> dict:
+    scored = "sort" not in request or "_score" in request["sort"]
+    hit = {"_index": m.index, "_id": m.id, "_score": m.score if scored else None}
+    source = _source(m.doc, request.get("_source"))
+    if source is not None:
+        hit["_source"] = source
+    if "sort" in request:
+        hit["sort"] = m.sort
+    return hit
+
+
+def _aggregate(aggs: dict, docs: list[dict]) -> dict:
+    out = {}
+    for name, agg in aggs.items():
+        sub = agg.get("aggs", {})
+        if "cardinality" in agg:
+            out[name] = {"value": len({v for doc in docs for v in _values(doc, agg["cardinality"]["field"])})}
+        elif "terms" in agg:
+            spec = agg["terms"]
+            groups: dict = {}
+            for doc in docs:
+                for value in _values(doc, spec["field"]) or ([spec["missing"]] if "missing" in spec else []):
+                    groups.setdefault(value, []).append(doc)
+            buckets = [{"key": key, "doc_count": len(members), **_aggregate(sub, members)}
+                       for key, members in groups.items()]
+            order = spec.get("order", [{"_count": "desc"}, {"_key": "asc"}])
+            for criterion in reversed(order if isinstance(order, list) else [order]):  # stable: last criterion first
+                (by, direction), = criterion.items()
+                buckets.sort(key=lambda b: b["doc_count"] if by == "_count" else b["key"] if by == "_key"
+                             else b[by]["value"], reverse=direction == "desc")
+            size = spec.get("size", 10)
+            out[name] = {"doc_count_error_upper_bound": 0,
+                         "sum_other_doc_count": sum(b["doc_count"] for b in buckets[size:]), "buckets": buckets[:size]}
+        elif "date_histogram" in agg:
+            spec = agg["date_histogram"]
+            assert spec["calendar_interval"] == "day", "the fake buckets by day only"
+            days: dict = {}
+            for doc in docs:
+                for value in _values(doc, spec["field"]):
+                    day = datetime.fromtimestamp(_epoch_ms(value) / 1000, UTC).strftime("%Y-%m-%d")
+                    days.setdefault(day, []).append(doc)
+            out[name] = {"buckets": [
+                {"key_as_string": day if spec.get("format") == "yyyy-MM-dd" else f"{day}T00:00:00.000Z",
+                 "key": _epoch_ms(day), "doc_count": len(members), **_aggregate(sub, members)}
+                for day, members in sorted(days.items()) if len(members) >= spec.get("min_doc_count", 0)]}
+        else:
+            raise ValueError(f"fake does not implement aggregation {agg}")
+    return out
+
+
+def _search(request: dict, docs: list, dates: set[str]) -> dict:
     matched = []
     for index, doc_id, doc in docs:
         ok, score = _matches(request.get("query", {"match_all": {}}), doc)
         if ok:
-            matched.append((index, doc_id, doc, score))
-    for key in reversed(request.get("sort", ["_score"])):
-        if key == "_score":
-            matched.sort(key=lambda m: m[3], reverse=True)
-        else:
-            (name, spec), = key.items()
-            present = [m for m in matched if m[2]["__indexed"].get(name) is not None]
-            missing = [m for m in matched if m[2]["__indexed"].get(name) is None]
-            present.sort(key=lambda m: m[2]["__indexed"][name], reverse=spec.get("order") == "desc")
-            matched = present + missing
+            matched.append(_Match(index, doc_id, doc, score))
+    matched = _sort(matched, request.get("sort", ["_score"]), dates)
+    aggregations = _aggregate(request.get("aggs", {}), [m.doc for m in matched])  # before collapsing, as in ES
+    total = len(matched)  # articles, not groups
+    top, groups = matched, {}
     if "collapse" in request:
-        seen, kept = set(), []
-        for m in matched:
-            value = m[2]["__indexed"].get(request["collapse"]["field"])
-            if value not in seen:
-                seen.add(value)
-                kept.append(m)
-        matched = kept
-    aggregations = {}
-    for name, agg in request.get("aggs", {}).items():
-        counts: dict[str, int] = {}
-        for m in matched:
-            value = m[2]["__indexed"].get(agg["terms"]["field"], agg["terms"].get("missing"))
-            for v in value if isinstance(value, list) else [value]:
-                if v is not None:
-                    counts[v] = counts.get(v, 0) + 1
-        buckets = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: agg["terms"].get("size", 10)]
-        aggregations[name] = {"doc_count_error_upper_bound": 0, "sum_other_doc_count": 0,
-                              "buckets": [{"key": k, "doc_count": c} for k, c in buckets]}
-    page = matched[request.get("from", 0): request.get("from", 0) + request.get("size", 10)]
+        for m in matched:  # every document without a value lands in the one group of None, as in ES
+            groups.setdefault(m.doc["__indexed"].get(request["collapse"]["field"]), []).append(m)
+        top = [members[0] for members in groups.values()]
+    if "search_after" in request:
+        keys = _sort_keys(request["sort"])
+        top = [m for m in top if _compare(m.sort, request["search_after"], keys) > 0]
+    page = top[request.get("from", 0): request.get("from", 0) + request.get("size", 10)]
     hits = []
     words = _query_words(request.get("query", {}))
     spec = request.get("highlight", {})
-    for index, doc_id, doc, score in page:
-        source = {k: v for k, v in doc.items() if k != "__indexed"}
-        if isinstance(request.get("_source"), list):
-            source = {k: v for k, v in source.items() if k in request["_source"]}
-        hit = {"_index": index, "_id": doc_id, "_score": score, "_source": source}
+    for m in page:
+        hit = _hit(m, request)
         highlight = {}
         for name, options in spec.get("fields", {}).items():
-            fragment = _highlight(str(doc.get(name) or ""), words, spec["pre_tags"][0], spec["post_tags"][0],
+            fragment = _highlight(str(m.doc.get(name) or ""), words, spec["pre_tags"][0], spec["post_tags"][0],
                                   options.get("fragment_size", 100), options.get("number_of_fragments", 5) == 0)
             if fragment:
                 highlight[name] = [fragment]
         if highlight:
             hit["highlight"] = highlight
+        if "collapse" in request:
+            key = m.doc["__indexed"].get(request["collapse"]["field"])
+            hit["fields"] = {request["collapse"]["field"]: [key]}
+            for inner in [request["collapse"]["inner_hits"]] if "inner_hits" in request["collapse"] else []:
+                copies = [_Match(g.index, g.id, g.doc, g.score) for g in groups[key]]  # their own sort values
+                members = _sort(copies, inner.get("sort", ["_score"]), dates)
+                start = inner.get("from", 0)
+                hit["inner_hits"] = {inner["name"]: {"hits": {
+                    "total": {"value": len(members), "relation": "eq"},
+                    "max_score": max((g.score for g in members), default=None),
+                    "hits": [_hit(g, inner) for g in members[start: start + inner.get("size", 3)]],
+                }}}
         hits.append(hit)
+    body = {"max_score": max((m.score for m in matched), default=None), "hits": hits}
+    if request.get("track_total_hits", True) is not False:
+        body = {"total": {"value": total, "relation": "eq"}, **body}
     return {
         "took": 2, "timed_out": False, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
-        "hits": {"total": {"value": len(matched), "relation": "eq"},
-                 "max_score": max((m[3] for m in matched), default=None), "hits": hits},
-        "aggregations": aggregations,
+        "hits": body, "aggregations": aggregations,
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import json
 import logging
 import subprocess
@@ -12,10 +15,10 @@ import pytest
 
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.pipeline import TAGGED, open_index, run
-from newsmon.record import Article, TagHit, article_id
+from newsmon.record import Article, TagHit, article_id, to_epoch
 from newsmon.runner import SinkUnavailable, Stage, process_batch
 from newsmon.settings import ConfigError, ElasticsearchSettings, Feed
-from sinks.elasticsearch import EsError, EsIndex, index_for, search_body
+from sinks.elasticsearch import PAGE, EsError, EsIndex, index_for, search_body
 from sinks.query import parse
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
 from tests.conftest import NEWSMON, wait_for
@@ -270,8 +273,12 @@ def test_search_when_nothing_is_indexed_yet(fake):
 @pytest.mark.slow
 def test_pipeline_and_cli_on_elasticsearch(fake, make_settings, config_dir, tmp_path):
     text = "The harbour council met on Monday to discuss the budget of the new bridge in detail. " * 4
-    routes = {f"/a{i}.html": Page(article_html(f"Bridge story {i}", [text, text.replace("Monday", "Friday")]))
-              for i in range(3)}
+
+    def page(i: int) -> Page:  # three different stories (the same text would be one story, one hit)
+        own = " ".join(f"detail{i}n{k}" for k in range(60)) + "."
+        return Page(article_html(f"Bridge story {i}", [text + own, text.replace("Monday", "Friday")]))
+
+    routes = {f"/a{i}.html": page(i) for i in range(3)}
     with TestSite(routes) as site:
         site.routes["/feed.xml"] = Page(rss([(f"Bridge story {i}", site.url(f"/a{i}.html")) for i in range(3)]),
                                    headers={"Content-Type": "application/rss+xml"})
@@ -308,3 +315,160 @@ def test_writer_starts_while_elasticsearch_is_down_and_reports_unhealthy(fake, m
     assert index.upsert_many([_article(1)]) == []
     assert index.health.healthy and index.product.startswith("Elasticsearch")
     index.close()
+
+
+# -- near-duplicate stories, exports and the API over Elasticsearch ----------------------------
+
+STORY = ("The port authority of Ellis confirmed on Tuesday that three NATO frigates will dock next week "
+         "to load equipment bound for Ukraine, the largest such shipment since the spring. Dock workers "
+         "said the preparations began overnight and would continue through the weekend, with road closures "
+         "around the northern quay. The mayor welcomed the visit and promised minimal disruption to ferries.")
+TRIMMED_COPY = STORY.replace(" The mayor welcomed the visit and promised minimal disruption to ferries.", "")
+OTHER_STORY = ("The city council approved a new cycling lane along the river on Monday after a long debate about "
+               "parking spaces, trees and the cost of the works, which begin in April and last four months.")
+
+
+def _story_articles(copy_published: str = "2026-02-12T10:00:00Z") -> tuple[Article, Article, Article]:
+    """An original, its trimmed copy from another source, and a different story."""
+    first = _article(1, title="NATO frigates to dock at Ellis", text=STORY, published="2026-02-12T08:00:00Z",
+                     tags=["harbour"])
+    copy = _article(2, title="Frigates due in Ellis port", text=TRIMMED_COPY, published=copy_published,
+                    tags=["harbour"])
+    other = _article(3, title="Cycling lane approved", text=OTHER_STORY, published="2026-02-11T09:00:00Z",
+                     tags=["harbour"])
+    first.source, copy.source, other.source = "Ellis Post", "Wire", "Wire"
+    return first, copy, other
+
+
+def test_near_duplicates_are_one_hit_and_count_once(fake, tmp_path):
+    index = EsIndex(_settings(fake), stories=tmp_path / "stories.db").connect()
+    first, copy, other = _story_articles()
+    assert index.upsert_many([first, copy, other]) == []
+    assert {doc["id"]: doc["story"] for doc in fake.documents().values()} == {
+        first.id: first.id, copy.id: first.id, other.id: other.id}
+
+    result = index.search("frigates OR cycling")
+    assert (result.total, result.articles) == (2, 3)
+    grouped = next(h for h in result.hits if h.story == first.id)
+    assert grouped.article.id == copy.id  # equal scores: the newer article stands for its story
+    assert grouped.duplicates == [{"id": first.id, "url": first.url, "title": first.title, "source": "Ellis Post",
+                                   "language": "en", "published": first.published}]
+    assert index.search("mayor").hits[0].duplicates[0]["id"] == copy.id  # only the original matches: it stands
+    assert next(h for h in result.hits if h.story == other.id).duplicates == []
+    assert result.facets["tag"] == {"harbour": 2} and result.facets["language"] == {"en": 2}
+    assert result.facets["source"] == {"Wire": 2, "Ellis Post": 1}
+    assert index.story(copy.id) == (first.id, [{"id": first.id, "url": first.url, "title": first.title,
+                                                "source": "Ellis Post", "language": "en",
+                                                "published": first.published}])
+    assert index.story(other.id) == (other.id, [])
+    assert index.story("0" * 32) is None
+    index.close()
+
+    # The sketches outlive the process: a copy indexed after a restart still joins its story.
+    again = EsIndex(_settings(fake), stories=tmp_path / "stories.db").connect()
+    late = _article(4, title="Ellis awaits NATO frigates", text=TRIMMED_COPY + " Ferries run as usual.")
+    again.upsert_many([late])
+    assert again.story(late.id)[0] == first.id
+    assert again.search("frigates").total == 1
+    again.close()
+
+
+def test_timeline_counts_stories_per_day(fake):
+    index = EsIndex(_settings(fake)).connect()
+    first, copy, other = _story_articles(copy_published="2026-02-13T07:00:00Z")
+    index.upsert_many([first, copy, other])
+    result = index.search("", sort="date")
+    assert result.total == 2
+    # A story counts on each day it has an article (SQLite: on its first day only, see EsIndex.search).
+    assert result.timeline == [("2026-02-11", 1), ("2026-02-12", 1), ("2026-02-13", 1)]
+    assert index.search("cycling").timeline == [("2026-02-11", 1)]
+    assert index.search("nothing-matches-this").timeline == []
+
+
+def test_export_streams_every_match_across_search_after_pages(fake):
+    index = EsIndex(_settings(fake, bulk_docs=500)).connect()
+    count = 2_500
+    for start in range(0, count, 500):  # distinct texts: every article its own story
+        index.upsert_many([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
+                                    published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
+                           for n in range(start, start + 500)])
+    fake.requests.clear()
+    records = list(index.export("harbour"))
+    assert len(records) == len({r["id"] for r in records}) == count
+    order = [(to_epoch(r["published"]), r["id"]) for r in records]
+    assert order == sorted(order, key=lambda o: (-o[0], o[1]))  # newest first, then by id
+    assert all(r["story"] == r["id"] and r["text"].startswith("Harbour report") for r in records)
+    pages = [r for r in fake.requests if r[1].endswith("/_search")]
+    assert len(pages) == 3  # 1,000 + 1,000 + 500, each after the last sort values of the one before
+
+    def peak(rows: int | None) -> int:
+        tracemalloc.start()
+        for _ in itertools.islice(index.export("harbour"), rows):
+            pass
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+
+    one_page = peak(PAGE)
+    every_page = peak(None)
+    assert every_page < 1.5 * one_page, (one_page, every_page)  # a page at a time, however many there are
+
+    lean = list(index.export("harbour", Filters(since="2026-02-28T00:00:00Z")))
+    assert 0 < len(lean) < count and all(r["published"] >= "2026-02-28" for r in lean)
+    assert all("text" not in r and r["story"] for r in index.export("harbour", text=False))
+    assert list(index.export("nothing-matches-this")) == []
+
+
+def test_documents_from_before_stories_become_their_own_story(fake):
+    """An install from before stories: the writer adds the field to existing indices and backfills it."""
+    index = EsIndex(_settings(fake)).connect()
+    old = [_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
+    index.upsert_many(old)
+    for doc in fake.documents().values():
+        del doc["story"], doc["__indexed"]["story"]
+    before = index.search("harbour")
+    assert (before.total, before.articles, len(before.hits)) == (0, 5, 1)  # all in one group, and none counted
+    fake.requests.clear()
+    index.connect()
+    assert ("PUT", "/newsmon-articles-*/_mapping?allow_no_indices=true") in [r[:2] for r in fake.requests]
+    assert {doc["id"]: doc.get("story") for doc in fake.documents().values()} == {a.id: a.id for a in old}
+    result = index.search("harbour")
+    assert (result.total, result.articles, len(result.hits)) == (5, 5, 5)
+    index.close()
+
+
+def test_the_api_over_elasticsearch(fake, make_settings):
+    from fastapi.testclient import TestClient
+
+    from newsmon.api import create_app
+
+    settings = make_settings(**{"elasticsearch": {"url": fake.url}})
+    writer = open_index(settings)
+    first, copy, other = _story_articles()
+    assert writer.upsert_many([first, copy, other]) == []
+    writer.close()
+    assert (settings.data_dir / "stories.db").exists()
+
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/api/search", params={"q": "frigates OR cycling"}).json()
+        assert (body["total"], body["articles"]) == (2, 3)
+        grouped = next(h for h in body["hits"] if h["story"] == first.id)
+        assert "<mark>frigates</mark>" in grouped["snippet"].lower()
+        assert [d["id"] for d in grouped["duplicates"]] == [first.id]
+        assert {"value": "harbour", "count": 2} in body["facets"]["tag"]
+        assert body["facets"]["source"] == [{"value": "Wire", "count": 2}, {"value": "Ellis Post", "count": 1}]
+        assert body["timeline"] == [{"day": "2026-02-11", "count": 1}, {"day": "2026-02-12", "count": 1}]
+        assert client.get("/api/search", params={"q": "frigates", "page": 2, "size": 1}).json()["hits"] == []
+
+        record = client.get(f"/api/articles/{copy.id}").json()
+        assert record["title"] == copy.title and record["text"] == TRIMMED_COPY
+        assert record["story"] == first.id and [d["id"] for d in record["duplicates"]] == [first.id]
+        assert client.get(f"/api/articles/{'0' * 32}").status_code == 404
+
+        rows = list(csv.DictReader(io.StringIO(client.get("/api/search.csv", params={"q": "frigates"}).text)))
+        assert sorted((r["id"], r["story"]) for r in rows) == sorted([(first.id, first.id), (copy.id, first.id)])
+        assert rows[0]["id"] == copy.id  # newest first
+        lines = client.get("/api/search.ndjson", params={"tag": "harbour"}).text.splitlines()
+        records = [json.loads(line) for line in lines]
+        assert sorted(r["id"] for r in records) == sorted([first.id, copy.id, other.id])
+        assert all(r["text"] and r["story"] for r in records)

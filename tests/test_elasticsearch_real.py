@@ -10,6 +10,7 @@ the 429/503 scenarios need a server that can be told to fail, so they run on tes
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
@@ -21,13 +22,18 @@ import pytest
 
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.pipeline import TAGGED
-from newsmon.record import article_id
+from newsmon.record import article_id, to_epoch
 from newsmon.runner import Stage, process_batch
 from newsmon.settings import ElasticsearchSettings
-from sinks.elasticsearch import EsIndex
+from sinks.elasticsearch import EsIndex, index_for, to_document
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
 from tests.conftest import wait_for
-from tests.test_elasticsearch import _article, _count_logged, _index_stage_thread
+from tests.test_elasticsearch import (
+    _article,
+    _count_logged,
+    _index_stage_thread,
+    _story_articles,
+)
 
 ES_URL = os.environ.get("ES_URL", "")
 pytestmark = pytest.mark.skipif(not ES_URL, reason="ES_URL is not set: no real Elasticsearch/OpenSearch cluster to test")
@@ -217,3 +223,60 @@ def test_outage_during_a_stream_loses_nothing(prefix, make_settings):
     assert bus.size(DEAD_LETTERS) == 0
     index.close()
     bus.close()
+
+
+def test_stories_collapse_with_their_copies_and_count_once(prefix, tmp_path):
+    """collapse on story, the story's articles as inner hits, cardinality counts (total, facets, timeline)."""
+    index = EsIndex(_settings(index_prefix=prefix), stories=tmp_path / "stories.db").connect()
+    first, copy, other = _story_articles(copy_published="2026-02-13T07:00:00Z")
+    assert index.upsert_many([first, copy, other]) == []
+    _refreshed(index)
+    result = index.search("frigates OR cycling")
+    assert (result.total, result.articles, len(result.hits)) == (2, 3, 2)
+    grouped = next(h for h in result.hits if h.story == first.id)
+    others = {first.id, copy.id} - {grouped.article.id}
+    assert [d["id"] for d in grouped.duplicates] == list(others)
+    assert set(grouped.duplicates[0]) == {"id", "url", "title", "source", "language", "published"}
+    assert result.facets["source"] == {"Wire": 2, "Ellis Post": 1} and result.facets["tag"] == {"harbour": 2}
+    assert result.timeline == [("2026-02-11", 1), ("2026-02-12", 1), ("2026-02-13", 1)]
+    assert [d["id"] for d in index.search("mayor").hits[0].duplicates] == [copy.id]  # unmatched copies listed too
+    assert index.story(copy.id) == (first.id, [{"id": first.id, "url": first.url, "title": first.title,
+                                                "source": "Ellis Post", "language": "en",
+                                                "published": first.published}])
+    assert index.search("frigates", limit=1, offset=1).hits == []  # from/size over stories
+    index.close()
+
+
+def test_export_pages_through_search_after(prefix):
+    index = EsIndex(_settings(index_prefix=prefix, bulk_docs=500)).connect()
+    count = 2_500  # three pages, and more than from/size could reach with a small max_result_window
+    for start in range(0, count, 500):
+        index.upsert_many([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
+                                    published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
+                           for n in range(start, start + 500)])
+    _refreshed(index)
+    records = list(index.export("harbour"))
+    assert len(records) == len({r["id"] for r in records}) == count
+    order = [(to_epoch(r["published"]), r["id"]) for r in records]
+    assert order == sorted(order, key=lambda o: (-o[0], o[1]))
+    assert all(r["text"] and r["story"] == r["id"] for r in records)
+    assert all("text" not in r for r in index.export("harbour", text=False))
+    index.close()
+
+
+def test_documents_from_before_stories_are_backfilled(prefix):
+    """Documents written without a story (an older newsmon) get the field mapped and set to their own id."""
+    index = EsIndex(_settings(index_prefix=prefix)).connect()
+    old = [_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
+    lines = []
+    for article in old:
+        doc = to_document(article)
+        del doc["story"]
+        lines += [json.dumps({"index": {"_index": index_for(article, prefix), "_id": article.id}}), json.dumps(doc)]
+    index._call("POST", "/_bulk", params={"refresh": "true"}, content=("\n".join(lines) + "\n").encode(),
+                headers={"Content-Type": "application/x-ndjson"})
+    index.connect()
+    result = _refreshed(index).search("harbour")
+    assert (result.total, result.articles, len(result.hits)) == (5, 5, 5)
+    assert {h.story for h in result.hits} == {a.id for a in old}
+    index.close()
