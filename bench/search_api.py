@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--export", action="store_true", help="also time CSV and NDJSON exports of everything")
     parser.add_argument("--data", type=Path, help="keep the index in this directory and reuse it on later runs")
+    parser.add_argument("--export-rows", type=int, metavar="N",
+                        help="only export: copy the index's articles until it holds N (e.g. 1000000), then stream "
+                             "every one as CSV and NDJSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or Path(tmp) / "data"
@@ -179,6 +182,13 @@ def main() -> None:
             built = build_index(data / "index.db", args.articles)
             print(f"indexed {args.articles:,} articles in {built:.0f} s ({args.articles / built:,.0f}/s)")
         print(f"index.db {(data / 'index.db').stat().st_size / 2**20:,.0f} MB")
+        if args.export_rows:
+            big = Path(tmp) / "big"
+            big.mkdir()
+            _grow(data / "index.db", big / "index.db", args.export_rows)
+            with _server(big, REPO / "config") as (client, pid):
+                _export(client, pid)
+            return
         timings: dict[tuple[str, str], list[float]] = {}
         matches: dict[str, int] = {}
         for mode, entries in (("uncached", 0), ("cached", 256)):
@@ -235,6 +245,31 @@ def _server(data: Path, config_dir: Path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _grow(source: Path, target: Path, rows: int) -> None:
+    """A copy of the index with its articles repeated (new ids and URLs) until it holds ``rows``: for
+    exports, which read the articles and their facts, not the full-text index (not filled for copies)."""
+    import sqlite3
+
+    shutil.copy(source, target)
+    db = sqlite3.connect(target, isolation_level=None)
+    have = db.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+    started = time.perf_counter()
+    db.execute("DROP TRIGGER articles_ai")  # recreated when SqliteIndex opens it again
+    for copy in range(1, -(-rows // have)):
+        wanted = min(have, rows - copy * have)
+        db.execute("BEGIN")
+        db.execute("INSERT INTO articles (id, url, source, title, text, language, published, indexed, record) "
+                   f"SELECT id || '-{copy}', url || '?copy={copy}', source, title, text, language, published, indexed, "
+                   f"json_set(record, '$.id', id || '-{copy}') FROM articles WHERE rowid <= ?", (wanted,))
+        db.execute("INSERT INTO article_facts SELECT a.rowid, a.id, 1, coalesce(a.language, 'und'), a.source, "
+                   "a.published, NULL FROM articles a WHERE a.id LIKE ?", (f"%-{copy}",))
+        db.execute("COMMIT")
+    total = db.execute("SELECT COUNT(*) FROM articles").fetchone()[0]
+    db.close()
+    print(f"copied to {total:,} articles in {time.perf_counter() - started:.0f} s, "
+          f"{target.stat().st_size / 2**30:.1f} GB")
 
 
 def _export(client: httpx.Client, pid: int) -> None:

@@ -232,7 +232,7 @@ class Search:
         self.q = q
         self.filters = Filters(list(lang), list(source), list(tag), _moment(since, "since"), _moment(until, "until"))
         self.sort = sort or ("relevance" if not parse(q).empty else "date")
-        self.params = SearchParams(q, list(lang), list(source), list(tag), self.filters.since, self.filters.until, sort)
+        self.key = (q, tuple(lang), tuple(source), tuple(tag), self.filters.since, self.filters.until, self.sort)
 
 
 def _moment(value: datetime | None, name: str) -> str | None:
@@ -335,10 +335,8 @@ def create_app(settings: Settings, token: str | None = None) -> FastAPI:
                                            "msg": f"page × size may be at most {MAX_WINDOW:,}: export the query "
                                                   "(/api/search.csv or .ndjson) to read every match"}])
         index = readers.get()
-        f = search.filters
-        key = (search.q, tuple(f.languages), tuple(f.sources), tuple(f.tags), f.since, f.until, search.sort, page, size)
-        result = cache.search(index, key, lambda: index.search(search.q, f, sort=search.sort, limit=size,
-                                                               offset=(page - 1) * size))
+        result = cache.search(index, (*search.key, page, size), lambda: index.search(
+            search.q, search.filters, sort=search.sort, limit=size, offset=(page - 1) * size))
         # Built to match SearchAnswer (the tests check answers against the OpenAPI document); returned as a
         # response so FastAPI does not validate and re-encode it on this hot path.
         return JSONResponse({
