@@ -130,7 +130,8 @@ def demo(port: int, bus: str | None) -> None:
 
     with _reader(settings) as index:
         _print_hits(index.search("securite", Filters(languages=["fr"]), limit=3).hits)
-    click.echo("\nTry: newsmon search 'NATO OR OTAN' · newsmon search klima* --lang de · newsmon stats")
+    click.echo("\nTry: newsmon search 'NATO OR OTAN' · newsmon search klima* --lang de · newsmon stats"
+               " · newsmon serve (then http://127.0.0.1:8080/)")
 
 
 def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: threading.Event, reporter):
