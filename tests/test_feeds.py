@@ -8,7 +8,6 @@ import pytest
 
 from ingest import feeds
 from ingest.feeds import FeedParseError, FeedStore, due_feeds, parse_feed, poll_feed
-from ingest.http import Fetcher
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.conftest import NEWSMON, write_feeds
 from tests.sites import Page, TestSite, rss
@@ -23,8 +22,8 @@ ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
 </feed>"""
 
 
-def _fetcher():
-    return Fetcher(FetchSettings(allow_private=["127.0.0.1/32"], read_timeout=1, total_timeout=3))
+def _fetcher() -> FetchSettings:
+    return FetchSettings(allow_private=["127.0.0.1/32"], read_timeout=1, total_timeout=3)
 
 
 def test_atom_relative_links_dates_authors_and_skipped_entries():
