@@ -26,7 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 
+import fastfeedparser
 import feedparser
+from lxml import etree
 
 from ingest.http import AsyncFetcher, FetchError, FetchResult
 from ingest.urls import canonicalize
@@ -204,11 +206,7 @@ def _json_feed(content: bytes) -> feedparser.FeedParserDict | None:
             authors=[{"name": str(a["name"])} for a in authors if isinstance(a, dict) and a.get("name")],
         )
         for source, target in (("date_published", "published_parsed"), ("date_modified", "updated_parsed")):
-            try:
-                moment = datetime.fromisoformat(str(item[source]).replace("Z", "+00:00"))
-                entry[target] = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).utctimetuple()
-            except (KeyError, ValueError):
-                pass  # missing or unreadable: the entry simply has no date
+            entry[target] = _utc_struct(item.get(source))
         entries.append(entry)
     return feedparser.FeedParserDict(version="json1", bozo=False, feed={"title": str(doc.get("title") or "")},
                                      entries=entries)
@@ -255,6 +253,45 @@ def _first_entries(content: bytes, max_entries: int) -> tuple[bytes, int]:
     return content[: last.end()] + b"".join(b"</" + name + b">" for name in reversed(open_tags)), left_out
 
 
+# Well-formedness only: no DTD loaded, no entity resolved, nothing fetched, libxml2's size limits kept.
+_STRICT_XML = etree.XMLParser(resolve_entities=False, load_dtd=False, no_network=True, huge_tree=False)
+
+
+def _well_formed_feed(content: bytes) -> feedparser.FeedParserDict | None:
+    """A well-formed RSS/Atom/RDF document read by fastfeedparser (lxml: ~0.2 ms for 20 entries, where
+    feedparser takes ~7 ms), in feedparser's shape for the fields parse_feed uses; None for anything
+    else, which feedparser then reads leniently and diagnoses (bozo)."""
+    try:
+        etree.fromstring(content, _STRICT_XML)
+    except (etree.XMLSyntaxError, ValueError):
+        return None
+    try:
+        # Always bytes: given a str that looks like a URL, fastfeedparser would fetch it itself.
+        doc = fastfeedparser.parse(bytes(content), include_content=False, include_tags=False, include_media=False,
+                                   include_enclosures=False)
+    except ValueError:  # HTML, or XML that is not a feed
+        return None
+    entries = []
+    for item in doc.entries:
+        entry = feedparser.FeedParserDict(
+            id=str(item.get("id") or ""), title=str(item.get("title") or ""), link=str(item.get("link") or ""),
+            authors=[{"name": str(a["name"])} for a in item.get("authors") or [] if a.get("name")],
+        )
+        for source, target in (("published", "published_parsed"), ("updated", "updated_parsed")):
+            entry[target] = _utc_struct(item.get(source))
+        entries.append(entry)
+    return feedparser.FeedParserDict(version="xml", bozo=False, feed={"title": str(doc.feed.get("title") or "")},
+                                     entries=entries)
+
+
+def _utc_struct(iso: str | None) -> time.struct_time | None:
+    try:
+        moment = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None  # missing or unreadable: the entry simply has no date
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).utctimetuple()
+
+
 def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "",
                max_entries: int = 1000) -> ParsedFeed:
     """Entries of a feed document (RSS 0.9x/1.0/2.0, Atom, JSON Feed) as discovered-article records (pure: no I/O).
@@ -266,7 +303,7 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
     if parsed is None:
         _refuse_entity_declarations(content)
         content, left_out = _first_entries(content, max_entries)
-        parsed = feedparser.parse(
+        parsed = _well_formed_feed(content) or feedparser.parse(
             content, response_headers={"content-type": content_type or "application/xml", "content-location": final_url}
         )
     left_out += max(0, len(parsed.entries) - max_entries)
