@@ -134,12 +134,24 @@ def _tree(root: int, exclude: int) -> dict[int, tuple[float, int]]:
     return tree
 
 
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: pages shared with other processes counted by share, not once per process."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
 class _Sampler:
     """Peak summed RSS of the poller's process tree, sampled every 0.1 s, and the CPU time of every
     process of the tree ever seen (parse workers are replaced every max_tasks feeds)."""
 
     def __init__(self, exclude: int):
         self.exclude, self.peak_kb, self._stop = exclude, 0, threading.Event()
+        self.peak_own_kb = self.peak_pss_kb = 0
         self._cpu: dict[int, float] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -149,7 +161,10 @@ class _Sampler:
         tree = _tree(os.getpid(), self.exclude)
         with self._lock:
             self._cpu.update((pid, cpu) for pid, (cpu, _) in tree.items())
-            self.peak_kb = max(self.peak_kb, sum(rss for _, rss in tree.values()))
+            total = sum(rss for _, rss in tree.values())
+            if total > self.peak_kb:
+                self.peak_kb, self.peak_own_kb = total, tree[os.getpid()][1]
+                self.peak_pss_kb = sum(_pss_kb(pid) for pid in tree)
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
@@ -209,6 +224,8 @@ def main() -> None:
                   f"{server_after - server_cpu:>7.1f} {progress.feeds_polled / wall:>11.0f} "
                   f"{progress.discovered:>12,} {progress.feed_errors:>7,} {sampler.peak_kb / 1024:>12.0f}")
         sampler.stop()
+        print(f"peak: RSS {sampler.peak_kb / 1024:.0f} MB summed over the poller ({sampler.peak_own_kb / 1024:.0f} MB) "
+              f"and its descendants; PSS {sampler.peak_pss_kb / 1024:.0f} MB (shared pages counted once)")
         print("target: a cycle under 30 s, peak RSS under 300 MB (poller and its worker processes)")
         if parsers:
             close_parsers(parsers)

@@ -423,10 +423,13 @@ async def fetch_feed(feed: Feed, request: PollRequest, fetcher: AsyncFetcher, pa
 
 
 def settle_poll(feed: Feed, request: PollRequest, fetched: Fetched, store: FeedStore,
-                settings: PollSettings | None = None, now: float | None = None) -> PollResult:
+                settings: PollSettings | None = None, now: float | None = None, *,
+                unseen: set[str] | None = None) -> PollResult:
     """The feed's new state (next poll scheduled) and its new entries; the caller saves the state
     (``store.save(result.state)``) only after publishing the entries, so that a crash in between
     cannot leave validators or a body hash that would hide them on the next poll.
+
+    ``unseen``: the canonical URLs not discovered before, if the caller looked them up for a batch.
 
     The next poll: the feed's interval, or later if the server's max-age or Retry-After
     asks for it; after failures, exponentially later up to ``backoff_max`` (a failing
@@ -455,7 +458,8 @@ def settle_poll(feed: Feed, request: PollRequest, fetched: Fetched, store: FeedS
                 log.warning("feed %s: %s", feed.url, parsed.warning, extra={"feed_url": feed.url})
             if not parsed.articles and not parsed.skipped:
                 log.info("feed %s: feed has no entries", feed.url, extra={"feed_url": feed.url})
-            fresh = store.unseen(a.canonical_url for a in parsed.articles)
+            urls = [a.canonical_url for a in parsed.articles]
+            fresh = store.unseen(urls) if unseen is None else unseen.intersection(urls)
             result.new = [a for a in parsed.articles if a.canonical_url in fresh]
             state.etag = response.headers.get("etag")
             state.last_modified = response.headers.get("last-modified")

@@ -309,7 +309,9 @@ async def _parse_in_worker(pool: ProcessPool, settings: PollSettings, content: b
 
 def _settle_batch(batch: list[tuple[Feed, Fetched]], requests: dict[str, PollRequest], res: Resources,
                   progress: Progress, settings: PollSettings) -> None:
-    results = [settle_poll(feed, requests[feed.url], fetched, res.feeds, settings) for feed, fetched in batch]
+    unseen = res.feeds.unseen(a.canonical_url for _, fetched in batch if fetched.parsed for a in fetched.parsed.articles)
+    results = [settle_poll(feed, requests[feed.url], fetched, res.feeds, settings, unseen=unseen)
+               for feed, fetched in batch]
     emitted: set[str] = set()
     for result in results:
         result.new = [a for a in result.new if a.canonical_url not in emitted]  # two feeds, one story: once
