@@ -69,11 +69,11 @@ class Resources:
     bus: Bus
     feeds: FeedStore | None = None
     fetcher: Fetcher | None = None
-    parsers: ProcessPool | None = None  # feed parsing off the poller's event loop, on every core
     extractor: Extractor | None = None
     index: SearchIndex | None = None
     tagger: KeywordTagger | None = None
     alerts: AlertLog | None = None
+    parsers: ProcessPool | None = None  # feed parsing off the poller's event loop, on every core
 
 
 def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAGE_NAMES) -> list[Stage]:

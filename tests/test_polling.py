@@ -17,7 +17,7 @@ from ingest import feeds
 from ingest.feeds import FeedParseError, FeedStore, due_feeds, parse_feed, poll_feed
 from ingest.http import AddressRefused, AsyncFetcher, FetchError, Fetcher
 from newsmon.bus import SqliteBus
-from newsmon.pipeline import DISCOVERED, Progress, Resources, poll_due
+from newsmon.pipeline import DISCOVERED, Progress, Resources, close_parsers, open_parsers, poll_due
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.sites import Page, TestSite, rss
 
@@ -203,10 +203,13 @@ def test_one_broken_feed_never_blocks_the_others(tmp_path):
     with TestSite({"/ok.xml": Page(rss([("A", "{{BASE_URL}}/a.html")])), "/bad.xml": Page(b"<html>no</html>"),
                    "/down.xml": Page(b"", 503)}) as site:
         res = _resources(tmp_path, FetchSettings(allow_private=LOOPBACK, host_delay=0))
+        res.parsers = open_parsers(1)  # parsed in a worker process, as in `newsmon run`
         feed_list = [Feed(name=n, url=site.url(f"/{n}.xml")) for n in ("bad", "down", "ok")]
         progress = Progress()
-        poll_due(feed_list, res, progress, poll_settings=PollSettings(parse_workers=1))  # parsed in a process
-        res.parsers = None
+        try:
+            poll_due(feed_list, res, progress)
+        finally:
+            close_parsers(res.parsers)
     states = res.feeds.states()
     assert (progress.feeds_polled, progress.feed_errors, progress.discovered) == (3, 2, 1)
     assert "not a feed" in states[site.url("/bad.xml")].last_error
