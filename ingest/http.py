@@ -253,6 +253,7 @@ class FetchResult:
     redirects: list[str]
     charset: str | None  # as the Content-Type header declares it, if it does
     redirect_statuses: list[int] = field(default_factory=list)  # one per hop in ``redirects``
+    http_version: str = ""  # of the last response: "HTTP/1.1", "HTTP/2"
 
     @property
     def moved_permanently(self) -> bool:
@@ -375,7 +376,10 @@ BODY_ERRORS = (httpx.TimeoutException, httpx.DecodingError, httpx.TransportError
 
 def _result(hops: _Hops, response: httpx.Response, content: bytes) -> FetchResult:
     return FetchResult(hops.url, hops.current, response.status_code, response.headers, content, hops.redirects,
-                       response.charset_encoding, hops.statuses)
+                       response.charset_encoding, hops.statuses, response.http_version)
+
+
+_ACCEPT_ENCODING = "gzip, deflate, br"  # what httpx's responses decode (brotli is a dependency)
 
 
 def _user_agent(settings: FetchSettings) -> str:
@@ -459,15 +463,14 @@ class AsyncFetcher:
         self.policy = AddressPolicy.from_strings(settings.allow_private)
         self.limits = limits or HostLimits(settings.per_host, settings.host_delay)
         self._in_flight = asyncio.Semaphore(concurrency)
-        self.client = httpx.AsyncClient(
-            transport=_PoolPerOrigin(self.policy, self.limits.per_host),
-            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-            headers={"User-Agent": _user_agent(settings)},
-            follow_redirects=False,
-        )
+        # The transport without httpx's client layer: redirects, cookies and base URLs are nothing
+        # the poller wants, and at 10,000 feeds a cycle the layer costs a sixth of the poller's CPU.
+        self.transport = _PoolPerOrigin(self.policy, self.limits.per_host)
+        self._headers = {"User-Agent": _user_agent(settings), "Accept": "*/*", "Accept-Encoding": _ACCEPT_ENCODING}
+        self._timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout).as_dict()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.transport.aclose()
 
     async def get(self, url: str, *, headers: dict[str, str] | None = None,
                   accept_types: tuple[str, ...] | None = None) -> FetchResult:
@@ -489,10 +492,12 @@ class AsyncFetcher:
     async def _hop(self, hops: _Hops, headers: dict[str, str], accept_types) -> FetchResult | None:
         """One request; None when it redirected (``hops.current`` is then the next URL)."""
         try:
-            response = await self.client.send(self.client.build_request("GET", hops.current, headers=headers),
-                                              stream=True)
+            request = httpx.Request("GET", hops.current, headers={**self._headers, **headers},
+                                    extensions={"timeout": self._timeout})
+            response = await self.transport.handle_async_request(request)
         except SEND_ERRORS as exc:
             raise _send_error(hops.url, exc) from None
+        response.request = request
         try:
             if _followed_redirect(hops, response):
                 return None

@@ -111,10 +111,9 @@ def test_async_fetcher_offers_http2_on_https_and_speaks_http11_on_plain_http(sit
     async def check():
         fetcher = AsyncFetcher(FetchSettings(allow_private=LOOPBACK), concurrency=4)
         try:
-            pool = fetcher.client._transport._pool(httpx.URL("https://news.example/feed.xml"))._pool
+            pool = fetcher.transport._pool(httpx.URL("https://news.example/feed.xml"))._pool
             assert pool._http2 and pool._http1
-            response = await fetcher.client.get(site.url("/ok"))
-            assert response.http_version == "HTTP/1.1"
+            assert (await fetcher.get(site.url("/ok"))).http_version == "HTTP/1.1"
         finally:
             await fetcher.aclose()
 
