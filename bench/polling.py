@@ -203,6 +203,8 @@ def main() -> None:
     print(f"{args.feeds:,} feeds on {args.hosts} hosts; {os.cpu_count()} cores; poll concurrency {poll.concurrency}, "
           f"{poll.parse_workers} parse workers; per host {fetch.per_host} in flight and {fetch.host_delay} s between "
           f"starts")
+    print("server: one asyncio process (keep-alive, no thread per request) on the same cores; its CPU is shown "
+          "apart, and stays small next to the poller's")
     sampler = _Sampler(exclude=server.pid)
     with tempfile.TemporaryDirectory() as tmp:
         parsers = open_parsers(poll.parse_workers) if poll.parse_workers else None
