@@ -458,14 +458,15 @@ class AsyncFetcher:
     Create and use it inside one running event loop; ``aclose`` it there.
     """
 
-    def __init__(self, settings: FetchSettings, *, concurrency: int, limits: HostLimits | None = None):
+    def __init__(self, settings: FetchSettings, *, concurrency: int, limits: HostLimits | None = None,
+                 verify: ssl.SSLContext | bool = True):
         self.settings = settings
         self.policy = AddressPolicy.from_strings(settings.allow_private)
         self.limits = limits or HostLimits(settings.per_host, settings.host_delay)
         self._in_flight = asyncio.Semaphore(concurrency)
         # The transport without httpx's client layer: redirects, cookies and base URLs are nothing
         # the poller wants, and at 10,000 feeds a cycle the layer costs a sixth of the poller's CPU.
-        self.transport = _PoolPerOrigin(self.policy, self.limits.per_host)
+        self.transport = _PoolPerOrigin(self.policy, self.limits.per_host, verify)  # verify: a test CA
         self._headers = {"User-Agent": _user_agent(settings), "Accept": "*/*", "Accept-Encoding": _ACCEPT_ENCODING}
         self._timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout).as_dict()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import brotli
-import httpx
 import pytest
 
 from ingest import feeds
@@ -19,6 +20,7 @@ from ingest.http import AddressRefused, AsyncFetcher, FetchError, Fetcher
 from newsmon.bus import SqliteBus
 from newsmon.pipeline import DISCOVERED, Progress, Resources, close_parsers, open_parsers, poll_due
 from newsmon.settings import Feed, FetchSettings, PollSettings
+from tests.conftest import wait_for
 from tests.sites import Page, TestSite, rss
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -105,19 +107,54 @@ def test_async_fetcher_cuts_off_a_trickling_server_at_the_total_deadline(site):
     assert time.monotonic() - started < 3.5
 
 
-def test_async_fetcher_offers_http2_on_https_and_speaks_http11_on_plain_http(site):
-    """HTTP/2 is negotiated by ALPN; no local h2 server here, so the configuration is what is checked."""
+@pytest.mark.slow
+def test_async_fetcher_negotiates_http2_over_tls_and_keeps_http11_on_plain_http(site):
+    """A real h2 server (hypercorn, TLS with a throw-away CA): ALPN picks HTTP/2, the connection goes to
+    the vetted address while the certificate is still checked against the host name."""
+    trustme = pytest.importorskip("trustme")
+    hypercorn = pytest.importorskip("hypercorn.asyncio")
+    from hypercorn.config import Config
 
-    async def check():
-        fetcher = AsyncFetcher(FetchSettings(allow_private=LOOPBACK), concurrency=4)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    config = Config()
+    with cert.cert_chain_pems[0].tempfile() as certfile, cert.private_key_pem.tempfile() as keyfile:
+        config.certfile, config.keyfile = certfile, keyfile
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config.bind = [f"127.0.0.1:{port}"]
+
+        async def app(scope, receive, send):
+            if scope["type"] != "http":
+                return
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/rss+xml")]})
+            await send({"type": "http.response.body", "body": scope["http_version"].encode()})
+
+        stop = threading.Event()
+        server = threading.Thread(target=asyncio.run, daemon=True, args=(hypercorn.serve(
+            app, config, shutdown_trigger=lambda: asyncio.get_running_loop().run_in_executor(None, stop.wait)),))
+        server.start()
         try:
-            pool = fetcher.transport._pool(httpx.URL("https://news.example/feed.xml"))._pool
-            assert pool._http2 and pool._http1
-            assert (await fetcher.get(site.url("/ok"))).http_version == "HTTP/1.1"
-        finally:
-            await fetcher.aclose()
+            async def check():
+                context = ssl.create_default_context()
+                ca.configure_trust(context)
+                fetcher = AsyncFetcher(FetchSettings(allow_private=LOOPBACK), concurrency=4, verify=context)
+                try:
+                    return (await fetcher.get(f"https://localhost:{port}/feed.xml"),
+                            await fetcher.get(site.url("/ok")))
+                finally:
+                    await fetcher.aclose()
 
-    asyncio.run(check())
+            tls, plain = wait_for(lambda: asyncio.run(check()), 10, "the h2 server", ignore=(FetchError,))
+        finally:
+            stop.set()
+            server.join(timeout=10)
+    assert (tls.http_version, tls.content) == ("HTTP/2", b"2")
+    assert plain.http_version == "HTTP/1.1"
+    with pytest.raises(AddressRefused):  # the same guard on the TLS path: loopback not allow-listed
+        _get(f"https://localhost:{port}/feed.xml", allow_private=[])
 
 
 class _Meter:
