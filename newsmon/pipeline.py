@@ -12,23 +12,29 @@ process (``newsmon stage NAME``), and as many instances of it as there are parti
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pebble import ProcessExpired, ProcessPool
 
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import Extractor
-from ingest.feeds import FeedStore, due_feeds, fetch_feed, plan_poll, settle_poll
-from ingest.http import Fetcher
+from ingest.feeds import (FeedParseError, FeedState, FeedStore, Fetched, ParsedFeed, PollRequest, due_feeds,
+                          fetch_feed, parse_feed, parse_here, plan_poll, settle_poll)
+from ingest.http import AsyncFetcher, FetchError, Fetcher
 from ingest.pages import fetch_and_extract
 from ingest.robots import RobotsRules
 from newsmon import metrics
@@ -67,6 +73,7 @@ class Resources:
     index: SearchIndex | None = None
     tagger: KeywordTagger | None = None
     alerts: AlertLog | None = None
+    parsers: ProcessPool | None = None  # feed parsing off the poller's event loop, on every core
 
 
 def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAGE_NAMES) -> list[Stage]:
@@ -179,6 +186,9 @@ def open_pipeline(settings: Settings, names: Iterable[str] = STAGE_NAMES):
         if names & {"poll", "extract"}:
             res.fetcher = Fetcher(settings.pipeline.fetch)
             stack.callback(res.fetcher.close)
+        if "poll" in names and settings.pipeline.poll.parse_workers:
+            res.parsers = open_parsers(settings.pipeline.poll.parse_workers)
+            stack.callback(close_parsers, res.parsers)
         if "extract" in names:
             res.extractor = Extractor(settings.pipeline.extract)
             stack.callback(res.extractor.close)
@@ -209,34 +219,113 @@ class Progress:
         )
 
 
+def open_parsers(workers: int) -> ProcessPool:
+    return ProcessPool(max_workers=workers, max_tasks=2000, context=worker_context())  # recycled: memory stays flat
+
+
+def close_parsers(pool: ProcessPool) -> None:
+    pool.stop()
+    pool.join()
+
+
 def poll_due(feeds: list[Feed], res: Resources, progress: Progress, owns: Callable[[str], bool] = lambda url: True,
              *, force: bool = False, poll_settings: PollSettings | None = None) -> None:
     """Poll the feeds that are due (all but disabled ones with ``force``) among those this instance owns.
 
-    Up to ``poll.concurrency`` feeds are fetched and parsed at once on threads (the fetcher's
-    per-host limits keep that polite); their state and the bus are updated here, in this thread,
-    as each one completes.
+    The feeds are fetched on one event loop (``AsyncFetcher``: at most ``poll.concurrency`` requests
+    in flight, the per-host budget shared with the article fetches), parsed in the worker processes
+    of ``res.parsers``, and settled in batches as they complete: new entries on the bus first, then
+    remembered, then the feed's state (a crash in between re-discovers, never loses).
     """
     settings = poll_settings or PollSettings()
     mine = [feed for feed in feeds if owns(feed.url)]
-    due = [f for f in mine if not res.feeds.get(f.url).disabled] if force else due_feeds(mine, res.feeds)
+    states = res.feeds.states()
+    if force:
+        due = [f for f in mine if not getattr(states.get(f.url), "disabled", None)]
+    else:
+        due = due_feeds(mine, res.feeds, states=states)
     if not due:
         return
-    with ThreadPoolExecutor(min(settings.concurrency, len(due)), thread_name_prefix="poll") as pool:
-        requests = {feed.url: plan_poll(feed, res.feeds) for feed in due}
-        pending = {pool.submit(fetch_feed, feed, requests[feed.url], res.fetcher): feed for feed in due}
-        for future in as_completed(pending):
-            feed = pending[future]
-            result = settle_poll(feed, requests[feed.url], future.result(), res.feeds, settings)
-            progress.feeds_polled += 1
-            progress.feed_errors += result.error is not None
-            for article in result.new:
-                res.bus.publish(DISCOVERED, article.id, article.to_json(), {"stage": "poll", "attempts": "1"})
-            res.bus.flush()  # on the bus first, then remembered: a crash in between re-discovers, never loses
-            res.feeds.mark_seen(result.new)
-            res.feeds.save(result.state)  # validators and body hash last, for the same reason
-            progress.discovered += len(result.new)
+    requests = {feed.url: plan_poll(feed, states.get(feed.url) or FeedState(feed.url)) for feed in due}
+    asyncio.run(_poll(due, requests, res, progress, settings))
     metrics.FEEDS_BROKEN.set(res.feeds.broken(settings.broken_after))
+
+
+async def _poll(due: list[Feed], requests: dict[str, PollRequest], res: Resources, progress: Progress,
+                settings: PollSettings) -> None:
+    fetcher = AsyncFetcher(res.fetcher.settings, concurrency=settings.concurrency, limits=res.fetcher.limits)
+    if res.parsers is not None:
+        parse = partial(_parse_in_worker, res.parsers, settings)
+    else:
+        parse = partial(_parse_here, settings.max_entries)
+    # One queue per host, drained by per_host coroutines: a host's feeds wait for that host only,
+    # not in front of other hosts' feeds.
+    by_host: dict[str, deque[Feed]] = defaultdict(deque)
+    for feed in due:
+        by_host[urlsplit(requests[feed.url].target).hostname or ""].append(feed)
+    done: asyncio.Queue[tuple[Feed, Fetched]] = asyncio.Queue()
+
+    async def drain(queue: deque[Feed]) -> None:
+        while queue:
+            feed = queue.popleft()
+            try:
+                fetched = await fetch_feed(feed, requests[feed.url], fetcher, parse)
+            except Exception as exc:  # a bug with one feed must not stop the others: recorded as its failure
+                log.exception("feed %s: polling failed unexpectedly", feed.url, extra={"feed_url": feed.url})
+                fetched = Fetched(error=FetchError(feed.url, f"unexpected error: {type(exc).__name__}: {exc}"))
+            done.put_nowait((feed, fetched))
+
+    per_host = res.fetcher.limits.per_host
+    drains = [asyncio.create_task(drain(queue)) for queue in by_host.values() for _ in range(min(per_host, len(queue)))]
+    try:
+        settled = 0
+        while settled < len(due):
+            batch = [await done.get()]
+            while not done.empty():
+                batch.append(done.get_nowait())
+            # SQLite and the bus block: on a thread, while the loop keeps fetching.
+            await asyncio.to_thread(_settle_batch, batch, requests, res, progress, settings)
+            settled += len(batch)
+    finally:
+        for task in drains:
+            task.cancel()
+        await fetcher.aclose()
+
+
+async def _parse_here(max_entries: int, content: bytes, feed: Feed, final_url: str, content_type: str) -> ParsedFeed:
+    return await parse_here(content, feed, final_url, content_type, max_entries)
+
+
+async def _parse_in_worker(pool: ProcessPool, settings: PollSettings, content: bytes, feed: Feed, final_url: str,
+                           content_type: str) -> ParsedFeed:
+    future = pool.schedule(parse_feed, args=(content, feed, final_url, content_type, settings.max_entries),
+                           timeout=settings.parse_timeout)
+    try:
+        return await asyncio.wrap_future(future)
+    except FutureTimeout:
+        raise FeedParseError(f"parsing took longer than {settings.parse_timeout:g} s and was stopped") from None
+    except ProcessExpired as exc:
+        raise FeedParseError(f"the parser process died ({exc})") from None
+
+
+def _settle_batch(batch: list[tuple[Feed, Fetched]], requests: dict[str, PollRequest], res: Resources,
+                  progress: Progress, settings: PollSettings) -> None:
+    unseen = res.feeds.unseen(a.canonical_url for _, fetched in batch if fetched.parsed for a in fetched.parsed.articles)
+    results = [settle_poll(feed, requests[feed.url], fetched, res.feeds, settings, unseen=unseen)
+               for feed, fetched in batch]
+    emitted: set[str] = set()
+    for result in results:
+        result.new = [a for a in result.new if a.canonical_url not in emitted]  # two feeds, one story: once
+        emitted.update(a.canonical_url for a in result.new)
+        result.state.entries_new = len(result.new)
+        for article in result.new:
+            res.bus.publish(DISCOVERED, article.id, article.to_json(), {"stage": "poll", "attempts": "1"})
+    res.bus.flush()  # on the bus first, then remembered: a crash in between re-discovers, never loses
+    res.feeds.mark_seen([a for result in results for a in result.new])
+    res.feeds.save_many(result.state for result in results)  # validators and body hash last, for the same reason
+    progress.feeds_polled += len(results)
+    progress.feed_errors += sum(result.error is not None for result in results)
+    progress.discovered += len(emitted)
 
 
 @contextmanager

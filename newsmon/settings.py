@@ -64,7 +64,10 @@ class FetchSettings(_Model):
 
 
 class PollSettings(_Model):
-    concurrency: int = Field(32, ge=1, le=1024)  # feeds fetched at once (per-host limits still apply)
+    concurrency: int = Field(200, ge=1, le=4096)  # feed requests in flight at once (per-host limits still apply)
+    parse_workers: int = Field(2, ge=0, le=64)  # processes parsing feeds; 0 = a thread of the poller (tests)
+    parse_timeout: float = Field(20.0, gt=0)  # a feed whose parsing takes longer is stopped, with the reason
+    max_entries: int = Field(1000, ge=1)  # entries read per feed document; the rest are skipped, logged
     # Adaptive intervals: a feed with new entries is polled more often, a quiet one less, between
     # its configured interval divided and multiplied by this factor (1: always the configured interval).
     adapt_factor: float = Field(4.0, ge=1.0, le=100.0)
