@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin
@@ -512,7 +513,7 @@ def poll_feed(feed: Feed, fetch: FetchSettings, store: FeedStore, settings: Poll
         fetcher = AsyncFetcher(fetch, concurrency=1)
         try:
             return await fetch_feed(feed, request, fetcher,
-                                    lambda *args: parse_here(*args, max_entries=settings.max_entries))
+                                    partial(parse_here, max_entries=settings.max_entries))
         finally:
             await fetcher.aclose()
 

@@ -190,14 +190,10 @@ class HostLimits:
         """0 after claiming a start on ``host`` now (``release`` it afterwards); else the seconds
         to wait before asking again."""
         with self._changed:
-            now = time.monotonic()
-            if self._in_flight.get(host, 0) >= self.per_host:
-                return self.recheck
-            wait = self._next_start.get(host, 0.0) - now
-            if wait > 0:
+            if (wait := self._wait(host)) > 0:
                 return wait
             self._in_flight[host] = self._in_flight.get(host, 0) + 1
-            self._next_start[host] = now + self.delay
+            self._next_start[host] = time.monotonic() + self.delay
             return 0.0
 
     def release(self, host: str) -> None:
@@ -238,6 +234,7 @@ class HostLimits:
             in_flight.release()
 
     def _wait(self, host: str) -> float:
+        """Seconds before ``host`` may start another request (0 or less: now); call holding the lock."""
         if self._in_flight.get(host, 0) >= self.per_host:
             return self.recheck
         return self._next_start.get(host, 0.0) - time.monotonic()

@@ -257,7 +257,7 @@ async def _poll(due: list[Feed], requests: dict[str, PollRequest], res: Resource
     if res.parsers is not None:
         parse = partial(_parse_in_worker, res.parsers, settings)
     else:
-        parse = partial(_parse_here, settings.max_entries)
+        parse = partial(parse_here, max_entries=settings.max_entries)
     # One queue per host, drained by per_host coroutines: a host's feeds wait for that host only,
     # not in front of other hosts' feeds.
     by_host: dict[str, deque[Feed]] = defaultdict(deque)
@@ -290,10 +290,6 @@ async def _poll(due: list[Feed], requests: dict[str, PollRequest], res: Resource
         for task in drains:
             task.cancel()
         await fetcher.aclose()
-
-
-async def _parse_here(max_entries: int, content: bytes, feed: Feed, final_url: str, content_type: str) -> ParsedFeed:
-    return await parse_here(content, feed, final_url, content_type, max_entries)
 
 
 async def _parse_in_worker(pool: ProcessPool, settings: PollSettings, content: bytes, feed: Feed, final_url: str,
