@@ -17,12 +17,9 @@ import charset_normalizer
 import trafilatura
 from pebble import ProcessExpired, ProcessPool
 
+from newsmon.errors import ExtractionError
 from newsmon.runner import worker_context
 from newsmon.settings import ExtractSettings
-
-
-class ExtractionError(Exception):
-    """The page yielded no article (no text, timeout, crash); the message says which and why."""
 
 
 @dataclass

@@ -31,10 +31,11 @@ import fastfeedparser
 import feedparser
 from lxml import etree
 
-from ingest.http import AsyncFetcher, FetchError, FetchResult
+from ingest.http import AsyncFetcher, FetchResult
 from ingest.urls import canonicalize
 from newsmon import metrics
 from newsmon.bus import connect_sqlite
+from newsmon.errors import FeedParseError, FetchError
 from newsmon.record import Article, article_id, from_epoch, utc_now
 from newsmon.settings import Feed, FetchSettings, PollSettings
 
@@ -177,10 +178,6 @@ class ParsedFeed:
 def _iso(parsed: time.struct_time | None) -> str | None:
     """feedparser's dates are UTC struct_times."""
     return from_epoch(calendar.timegm(parsed)) if parsed else None
-
-
-class FeedParseError(Exception):
-    pass
 
 
 def _json_feed(content: bytes) -> feedparser.FeedParserDict | None:

@@ -39,26 +39,10 @@ import httpx
 from httpcore._backends.anyio import AnyIOBackend
 
 from newsmon import __version__
+from newsmon.errors import AddressRefused, FetchError
 from newsmon.settings import FetchSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class FetchError(Exception):
-    """A URL could not be fetched. ``transient`` errors may succeed if tried again later."""
-
-    def __init__(self, url: str, reason: str, *, transient: bool = False, status: int | None = None,
-                 retry_after: float | None = None):
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-        self.transient = transient
-        self.status = status
-        self.retry_after = retry_after  # seconds the server asked us to wait (429/503 Retry-After)
-
-
-class AddressRefused(FetchError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import time
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
-from ingest.http import FetchError, Fetcher
+from ingest.http import Fetcher
+from newsmon.errors import FetchError
 
 _KEEP_S = 3600  # a site's rules are fetched again after an hour
 _KEEP_FAILED_S = 300  # an unreachable robots.txt is tried again sooner

@@ -38,9 +38,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from newsmon import __version__
 from newsmon.pipeline import open_alerts, open_index
 from newsmon.record import to_iso
-from newsmon.runner import SinkUnavailable
 from newsmon.saved import SavedSearches, SearchParams
-from newsmon.settings import ConfigError, Settings
+from newsmon.errors import ConfigError, SinkUnavailable
+from newsmon.settings import Settings
 from sinks.query import parse
 from sinks.sqlite_index import Filters, Hit
 

@@ -270,8 +270,7 @@ def serve(host: str | None, port: int | None) -> None:
 def _reader(settings: config.Settings, required: bool = True):
     """The search index for reading: Elasticsearch if configured, else the embedded one (None if absent)."""
     from newsmon.pipeline import open_index
-    from newsmon.runner import SinkUnavailable
-    from sinks.elasticsearch import EsError
+    from newsmon.errors import ServiceError, SinkUnavailable
 
     index = None
     try:
@@ -282,7 +281,7 @@ def _reader(settings: config.Settings, required: bool = True):
         yield index
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    except (EsError, SinkUnavailable) as exc:  # the cluster is unreachable or refuses: say which and why
+    except (ServiceError, SinkUnavailable) as exc:  # the cluster is unreachable or refuses: say which and why
         raise click.ClickException(f"search index: {exc}") from None
     finally:
         if index is not None:
@@ -315,7 +314,8 @@ def extract(paths, as_json) -> None:
 
     from enrich.keywords import KeywordTagger
     from enrich.language import detect_language
-    from ingest.extract import ExtractionError, Extractor, decode_html
+    from ingest.extract import Extractor, decode_html
+    from newsmon.errors import ExtractionError
     from ingest.pages import apply_extraction
 
     settings = _load()
@@ -599,7 +599,8 @@ def _open_alert_log(settings: config.Settings, channels: bool = True):
 def alerts_add(name, tags, query, languages, sources, min_hits, channel, mode, every, at_, timezone, rate_limit,
                secret_env) -> None:
     """Subscribe NAME to articles matching a rule; an existing NAME with the same channel gets one more rule."""
-    from sinks.channels import ChannelError, parse_channel
+    from newsmon.errors import ChannelError
+    from sinks.channels import parse_channel
 
     settings = _load()
     try:
@@ -661,7 +662,7 @@ def alerts_list(as_json: bool) -> None:
 @click.argument("name")
 def alerts_test(name: str) -> None:
     """Send a sample alert to NAME's channel now and say whether it was accepted."""
-    from sinks.channels import DeliveryError
+    from newsmon.errors import DeliveryError
 
     settings = _load()
     if name not in {s.name for s in settings.subscribers}:
@@ -987,7 +988,8 @@ def _describe_feed_error(opml_file: Path, label: str, errors: list[dict]) -> str
 def fetch(url: str, allow: tuple[str, ...], body: bool) -> None:
     """Fetch one URL through newsmon's fetcher, with its rules (address policy, redirects, size and time
     caps), and print status, final URL, redirects, headers and size; or the refusal reason (exit 1)."""
-    from ingest.http import Fetcher, FetchError
+    from ingest.http import Fetcher
+    from newsmon.errors import FetchError
 
     settings = _load()
     fetch_settings = settings.pipeline.fetch.model_copy(

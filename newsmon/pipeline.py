@@ -32,16 +32,17 @@ from pebble import ProcessExpired, ProcessPool
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import Extractor
-from ingest.feeds import (FeedParseError, FeedState, FeedStore, Fetched, ParsedFeed, PollRequest, due_feeds,
+from ingest.feeds import (FeedState, FeedStore, Fetched, ParsedFeed, PollRequest, due_feeds,
                           fetch_feed, parse_feed, parse_here, plan_poll, settle_poll)
-from ingest.http import AsyncFetcher, FetchError, Fetcher
+from ingest.http import AsyncFetcher, Fetcher
 from ingest.pages import fetch_and_extract
 from ingest.robots import RobotsRules
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
 from newsmon.record import Article, to_epoch
-from newsmon.runner import SinkUnavailable, Stage, process_batch, worker_context
-from newsmon.settings import ConfigError, ConfigWatch, Feed, PollSettings, Settings, unknown_topics
+from newsmon.errors import ConfigError, FeedParseError, FetchError, ServiceError, SinkUnavailable
+from newsmon.runner import Stage, process_batch, worker_context
+from newsmon.settings import ConfigWatch, Feed, PollSettings, Settings, unknown_topics
 from sinks.alerts import AlertLog
 from sinks.sqlite_index import SqliteIndex
 
@@ -139,13 +140,13 @@ def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None
     """
     es = settings.pipeline.elasticsearch
     if es.url:
-        from sinks.elasticsearch import EsError, EsIndex  # only imported when configured
+        from sinks.elasticsearch import EsIndex  # only imported when configured
 
         # The writer assigns stories from the sketches in stories.db; readers only read them from the documents.
         index = EsIndex(es, stories=settings.data_dir / "stories.db" if writer else None)
         try:
             return index.try_connect() if writer else index.connect(install=False)
-        except EsError as exc:  # unsupported version, bad credentials: the operator must act
+        except ServiceError as exc:  # unsupported version, bad credentials: the operator must act
             index.close()
             raise ConfigError(f"search index: {exc}") from None
     path = settings.data_dir / "index.db"

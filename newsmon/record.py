@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from newsmon.errors import RecordError
+
 SCHEMA_VERSION = 1
-
-
-class RecordError(ValueError):
-    """A message that is not a valid article record (undecodable or schema-invalid)."""
 
 
 def utc_now() -> str:

@@ -22,15 +22,11 @@ from dataclasses import dataclass
 
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
-from newsmon.record import Article, RecordError, utc_now
+from newsmon.errors import RecordError, SinkUnavailable
+from newsmon.record import Article, utc_now
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
-
-
-class SinkUnavailable(Exception):
-    """A sink cannot take the batch now (its server is down or overloaded). Nothing of the batch
-    is committed; the runner delivers it again later."""
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

@@ -26,12 +26,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from newsmon.errors import ConfigError
+
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the file, the key and the problem."""
 
 
 class _Model(BaseModel):

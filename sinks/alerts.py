@@ -43,9 +43,10 @@ from zoneinfo import ZoneInfo
 from newsmon import metrics
 from newsmon.record import Article
 from newsmon.runner import backoff
-from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, Subscriber
+from newsmon.errors import ChannelError, ConfigError, DeliveryError
+from newsmon.settings import AlertSettings, DigestSchedule, Subscriber
 from sinks.alert_rules import Match, RuleIndex, snippet
-from sinks.channels import Channel, ChannelError, DeliveryError, parse_channel, send, snippet_html
+from sinks.channels import Channel, parse_channel, send, snippet_html
 from sinks.stories import StoryIndex
 
 log = logging.getLogger(__name__)
@@ -375,7 +376,7 @@ class AlertLog:
     def _single(self, row: sqlite3.Row) -> None:
         sub = self.subscribers.get(row["subscriber"])
         if sub is None:  # removed from the configuration since
-            self._finish("deliveries", row, DeliveryError("no such subscriber any more", retriable=False))
+            self._finish("deliveries", row, DeliveryError("no such subscriber any more", transient=False))
             return
         item = json.loads(row["item"])
         error = self._attempt(sub, self._payload(row["id"], sub, "alert", [item]))
@@ -384,7 +385,7 @@ class AlertLog:
     def _finish(self, table: str, row: sqlite3.Row, error: DeliveryError | None) -> None:
         now = self.clock()
         attempts = row["attempts"] + 1
-        final = error is not None and (not error.retriable or attempts >= self.settings.max_attempts)
+        final = error is not None and (not error.transient or attempts >= self.settings.max_attempts)
         metrics.ALERTS.labels(self._kind(row["subscriber"]), "sent" if error is None else "failed" if final else "retry").inc()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -447,7 +448,7 @@ class AlertLog:
     def _digest(self, row: sqlite3.Row) -> None:
         sub = self.subscribers.get(row["subscriber"])
         if sub is None:
-            self._finish("digests", row, DeliveryError("no such subscriber any more", retriable=False))
+            self._finish("digests", row, DeliveryError("no such subscriber any more", transient=False))
             return
         with self._lock:
             items = [json.loads(r[0]) for r in self._db.execute(

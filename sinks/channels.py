@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import httpx
 
 from ingest.http import retry_after_seconds
+from newsmon.errors import ChannelError, DeliveryError
 from newsmon.settings import SmtpSettings
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
 
@@ -72,14 +73,6 @@ def mask(url: str) -> str:
     return masked + "/".join(segments) + (f"?{query}" if query else "") + ("#…" if parts.fragment else "")
 
 
-class ChannelError(ValueError):
-    """A channel URL that cannot work. The message has the URL with any password/token masked, and the reason."""
-
-    def __init__(self, url: str, reason: str):
-        self.url, self.reason = mask(url), reason
-        super().__init__(f"channel {self.url}: {reason}")
-
-
 @dataclass(frozen=True, repr=False)
 class Channel:
     url: str  # as configured
@@ -99,11 +92,11 @@ class Channel:
 def _addresses(url: str, text: str) -> str:
     recipients = [a.strip() for a in unquote(text).split(",") if a.strip()]
     if not recipients:
-        raise ChannelError(url, "no recipient address")
+        raise ChannelError(mask(url), "no recipient address")
     for address in recipients:
         local, at, domain = address.partition("@")
         if not (at and local and domain) or "@" in domain or any(c.isspace() or not c.isprintable() for c in address):
-            raise ChannelError(url, f"{address!r} is not an e-mail address")
+            raise ChannelError(mask(url), f"{address!r} is not an e-mail address")
     return ",".join(recipients)
 
 
@@ -112,9 +105,9 @@ def _host_parts(url: str):
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ChannelError(url, str(exc)) from None
+        raise ChannelError(mask(url), str(exc)) from None
     if not parts.hostname:
-        raise ChannelError(url, "missing host")
+        raise ChannelError(mask(url), "missing host")
     return parts
 
 
@@ -124,62 +117,53 @@ def parse_channel(url: str, *, data_dir: Path | None = None) -> Channel:
     scheme, colon, rest = text.partition(":")
     scheme = scheme.lower()
     if not colon or not scheme:
-        raise ChannelError(url, f"not a channel URL (expected {_SCHEMES})")
+        raise ChannelError(mask(url), f"not a channel URL (expected {_SCHEMES})")
     if scheme in ("http", "https"):
         _host_parts(text)
         return Channel(url, "webhook", text)
     if scheme in ("slack", "slack+http", "slack+https"):
         if _host_parts(text).path.strip("/") == "":
-            raise ChannelError(url, "missing the webhook path (e.g. slack://hooks.slack.com/services/T…/B…/…)")
+            raise ChannelError(mask(url), "missing the webhook path (e.g. slack://hooks.slack.com/services/T…/B…/…)")
         return Channel(url, "slack", ("http" if scheme == "slack+http" else "https") + text[len(scheme):])
     if scheme == "mailto":
         rest = rest.removeprefix("//")
         if "?" in rest:
-            raise ChannelError(url, "mailto: takes addresses only (for options use smtp://host/?to=…)")
+            raise ChannelError(mask(url), "mailto: takes addresses only (for options use smtp://host/?to=…)")
         return Channel(url, "email", _addresses(url, rest))
     if scheme == "smtp":
         parts = _host_parts(text)
         if "@" in parts.netloc:  # settings rule: credentials come from the environment, never from config files
-            raise ChannelError(url, "credentials do not belong in the URL: set NEWSMON_SMTP_USERNAME/PASSWORD")
+            raise ChannelError(mask(url), "credentials do not belong in the URL: set NEWSMON_SMTP_USERNAME/PASSWORD")
         params = parse_qs(parts.query.replace("+", "%2B"), keep_blank_values=True)  # a+tag@x.org keeps its +
         if unknown := sorted(set(params) - {"to", "from", "security"}):
-            raise ChannelError(url, f"unknown parameter(s) {', '.join(unknown)} (known: to, from, security)")
+            raise ChannelError(mask(url), f"unknown parameter(s) {', '.join(unknown)} (known: to, from, security)")
         if not any(v.strip() for v in params.get("to", [])):
-            raise ChannelError(url, "missing to= (the recipient addresses)")
+            raise ChannelError(mask(url), "missing to= (the recipient addresses)")
         security = params.get("security", ["starttls"])[-1]
         if security not in _SMTP_PORTS:
-            raise ChannelError(url, f"security={security!r}: expected starttls, tls or none")
+            raise ChannelError(mask(url), f"security={security!r}: expected starttls, tls or none")
         sender = _addresses(url, params["from"][-1]) if "from" in params else None
         if sender and "," in sender:
-            raise ChannelError(url, "from= takes one address")
+            raise ChannelError(mask(url), "from= takes one address")
         return Channel(url, "email", _addresses(url, ",".join(params["to"])), smtp_host=parts.hostname,
                        smtp_port=parts.port or _SMTP_PORTS[security], smtp_security=security, sender=sender)
     if scheme == "stdout":
         if rest not in ("", "//"):
-            raise ChannelError(url, "stdout:// takes no path")
+            raise ChannelError(mask(url), "stdout:// takes no path")
         return Channel(url, "file", "-")
     if scheme == "file":
         if not rest.startswith("//") or not (path := unquote(rest[2:])):
-            raise ChannelError(url, "missing path (file:///absolute/path.jsonl, file://relative.jsonl or file://-)")
+            raise ChannelError(mask(url), "missing path (file:///absolute/path.jsonl, file://relative.jsonl or file://-)")
         if path == "-":
             return Channel(url, "file", "-")
         if path.endswith("/"):
-            raise ChannelError(url, "is a directory, not a file")
+            raise ChannelError(mask(url), "is a directory, not a file")
         if not path.startswith("/"):
             if data_dir is None:
-                raise ChannelError(url, "a relative path needs the data directory")
+                raise ChannelError(mask(url), "a relative path needs the data directory")
             path = str(Path(data_dir).absolute() / path)
         return Channel(url, "file", path)
-    raise ChannelError(url, f"unsupported scheme {scheme!r} (expected {_SCHEMES})")
-
-
-class DeliveryError(Exception):
-    """One delivery attempt failed. ``retriable``: whether trying again later can succeed;
-    ``retry_after``: seconds the receiver asked to wait (Retry-After), if it did."""
-
-    def __init__(self, reason: str, *, retriable: bool, retry_after: float | None = None):
-        super().__init__(reason)
-        self.reason, self.retriable, self.retry_after = reason, retriable, retry_after
+    raise ChannelError(mask(url), f"unsupported scheme {scheme!r} (expected {_SCHEMES})")
 
 
 def sign_webhook(secrets: Sequence[str], timestamp: str, body: bytes) -> str:
@@ -222,11 +206,11 @@ def send(channel: Channel, alert: dict, *, secrets: Sequence[str] = (), smtp: Sm
     try:
         body = json.dumps(_as_json(alert), ensure_ascii=False, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
-        raise DeliveryError(f"the alert is not JSON-serialisable: {exc}", retriable=False) from exc
+        raise DeliveryError(f"the alert is not JSON-serialisable: {exc}", transient=False) from exc
     if channel.kind == "webhook":
         secrets = [s for s in secrets if s]
         if not secrets:
-            raise DeliveryError(f"webhook {mask(channel.target)} has no signing secret", retriable=False)
+            raise DeliveryError(f"webhook {mask(channel.target)} has no signing secret", transient=False)
         timestamp = str(int(now()))
         _post(channel.target, body, {
             "X-Newsmon-Delivery": _delivery(alert), "X-Newsmon-Timestamp": timestamp,
@@ -239,7 +223,7 @@ def send(channel: Channel, alert: dict, *, secrets: Sequence[str] = (), smtp: Sm
     elif channel.kind == "file":
         _append(channel.target, body + b"\n")
     else:
-        raise DeliveryError(f"unknown channel kind {channel.kind!r}", retriable=False)
+        raise DeliveryError(f"unknown channel kind {channel.kind!r}", transient=False)
 
 
 def snippet_html(snippet) -> str:
@@ -270,18 +254,18 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, http: 
             if 300 <= status < 400:  # a redirect could send a signed alert somewhere unintended
                 location = mask(response.headers.get("location", ""))
                 raise DeliveryError(f"POST {where}: HTTP {status}: redirects are not followed (to {location})",
-                                    retriable=False)
+                                    transient=False)
             excerpt = _excerpt(response)
     except httpx.TransportError as exc:  # refused, reset, timed out: the receiver may be back later
-        raise DeliveryError(f"POST {where}: {type(exc).__name__}: {_scrub(str(exc), url)}", retriable=True) from exc
+        raise DeliveryError(f"POST {where}: {type(exc).__name__}: {_scrub(str(exc), url)}", transient=True) from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise DeliveryError(f"POST {where}: {type(exc).__name__}: {_scrub(str(exc), url)}", retriable=False) from exc
+        raise DeliveryError(f"POST {where}: {type(exc).__name__}: {_scrub(str(exc), url)}", transient=False) from exc
     finally:
         if http is None:
             client.close()
-    retriable = status in (408, 429) or status >= 500
-    retry_after = retry_after_seconds(response.headers.get("retry-after"), now()) if retriable else None
-    raise DeliveryError(f"POST {where}: HTTP {status}: {excerpt}", retriable=retriable, retry_after=retry_after)
+    transient = status in (408, 429) or status >= 500
+    retry_after = retry_after_seconds(response.headers.get("retry-after"), now()) if transient else None
+    raise DeliveryError(f"POST {where}: HTTP {status}: {excerpt}", transient=transient, retry_after=retry_after)
 
 
 def _excerpt(response: httpx.Response, limit: int = 200) -> str:
@@ -420,20 +404,20 @@ def _send_email(channel: Channel, alert: dict, smtp: SmtpSettings, timeout: floa
         codes = [code for code, _ in exc.recipients.values()]
         detail = "; ".join(f"{rcpt}: {code} {_decode(text)}" for rcpt, (code, text) in exc.recipients.items())
         raise DeliveryError(f"{where}: recipients refused: {detail}",
-                            retriable=bool(codes) and all(400 <= c < 500 for c in codes)) from exc
+                            transient=bool(codes) and all(400 <= c < 500 for c in codes)) from exc
     except smtplib.SMTPResponseException as exc:  # 4xx: temporary by definition; 5xx: permanent
         raise DeliveryError(f"{where}: {exc.smtp_code} {_decode(exc.smtp_error)}",
-                            retriable=400 <= exc.smtp_code < 500) from exc
+                            transient=400 <= exc.smtp_code < 500) from exc
     except smtplib.SMTPServerDisconnected as exc:
-        raise DeliveryError(f"{where}: disconnected: {exc}", retriable=True) from exc
+        raise DeliveryError(f"{where}: disconnected: {exc}", transient=True) from exc
     except smtplib.SMTPException as exc:  # e.g. no STARTTLS or no AUTH offered: configuration, not luck
-        raise DeliveryError(f"{where}: {exc}", retriable=False) from exc
+        raise DeliveryError(f"{where}: {exc}", transient=False) from exc
     except ssl.SSLCertVerificationError as exc:
-        raise DeliveryError(f"{where}: {exc}", retriable=False) from exc
+        raise DeliveryError(f"{where}: {exc}", transient=False) from exc
     except OSError as exc:  # refused, unreachable, timed out
-        raise DeliveryError(f"{where}: {type(exc).__name__}: {exc}", retriable=True) from exc
+        raise DeliveryError(f"{where}: {type(exc).__name__}: {exc}", transient=True) from exc
     except ValueError as exc:  # an address or header the mail library cannot encode
-        raise DeliveryError(f"{where}: {exc}", retriable=False) from exc
+        raise DeliveryError(f"{where}: {exc}", transient=False) from exc
     if refused:  # others got it: a retry would duplicate theirs, so report and count it delivered
         log.warning("%s: delivery %s refused for %s", where, alert.get("delivery_id"), ", ".join(refused))
 
@@ -461,4 +445,4 @@ def _append(target: str, line: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as exc:
-        raise DeliveryError(f"{target}: {exc}", retriable=True) from exc
+        raise DeliveryError(f"{target}: {exc}", transient=True) from exc

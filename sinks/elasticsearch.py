@@ -40,7 +40,8 @@ import httpx
 from newsmon import metrics
 from newsmon.bus import connect_sqlite
 from newsmon.record import Article, utc_now
-from newsmon.runner import SinkUnavailable, backoff
+from newsmon.errors import ServiceError, SinkUnavailable
+from newsmon.runner import backoff
 from newsmon.settings import ElasticsearchSettings
 from sinks.query import Query, Term, parse
 from sinks.sqlite_index import (GROUPED_LIMIT, MARK_CLOSE, MARK_OPEN, STORY_WINDOW_DAYS, SUMMARY_FIELDS, Filters, Hit,
@@ -64,10 +65,6 @@ PAGE = 1_000  # documents per request when reading a whole query (exports, the s
 _STORIES = {"cardinality": {"field": "story", "precision_threshold": 40_000}}
 _OLDEST_FIRST = [{"date": {"order": "asc", "missing": "_last"}}, {"id": "asc"}]  # a story's articles, as on SQLite
 _NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-class EsError(Exception):
-    """Elasticsearch answered with an error that retrying will not fix (configuration, auth, bad request)."""
 
 
 @dataclass
@@ -243,7 +240,7 @@ class EsIndex:
         else:
             self.product, supported = f"Elasticsearch {number}", major in (8, 9)
         if not supported:
-            raise EsError(f"{self.settings.url}: {self.product} is not supported "
+            raise ServiceError(f"{self.settings.url}: {self.product} is not supported "
                           "(supported: Elasticsearch 8.x and 9.x, OpenSearch 2.x and 3.x)")
         if not install:
             return self
@@ -268,7 +265,7 @@ class EsIndex:
         return self
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
-        """One request; retriable failures raise SinkUnavailable, the rest EsError."""
+        """One request; retriable failures raise SinkUnavailable, the rest ServiceError."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -281,7 +278,7 @@ class EsIndex:
             message = f"{method} {path}: HTTP {response.status_code}: {error}"
             if _retriable(response.status_code):
                 raise SinkUnavailable(message)
-            raise EsError(message)
+            raise ServiceError(message)
         return response.json()
 
     def _ensure_index(self, name: str) -> None:
@@ -290,7 +287,7 @@ class EsIndex:
             return
         try:
             self._call("PUT", f"/{name}")
-        except EsError as exc:
+        except ServiceError as exc:
             if "resource_already_exists_exception" not in str(exc):
                 raise
         self._known_indices.add(name)
@@ -396,7 +393,7 @@ class EsIndex:
     def _search(self, body: dict) -> dict:
         try:
             return self._call("POST", f"/{self.prefix}/_search", json=body)
-        except EsError as exc:
+        except ServiceError as exc:
             if "index_not_found_exception" in str(exc):  # nothing indexed yet
                 return {"hits": {"total": {"value": 0}, "hits": []}, "aggregations": {}}
             raise

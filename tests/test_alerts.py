@@ -17,7 +17,8 @@ from enrich.language import detect_language
 from ingest.extract import decode_html, extract_html
 from newsmon.pipeline import open_alerts
 from newsmon.record import Article, TagHit, article_id
-from newsmon.settings import AlertSettings, ConfigError, DigestSchedule, LanguageSettings, Subscriber, load
+from newsmon.errors import ConfigError
+from newsmon.settings import AlertSettings, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
 from sinks.alerts import AlertLog, next_digest
 from sinks.stories import resemblance, sketch

@@ -18,7 +18,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from newsmon.settings import SmtpSettings
-from sinks.channels import (Channel, ChannelError, DeliveryError, parse_channel, send, sign_webhook,
+from newsmon.errors import ChannelError, DeliveryError
+from sinks.channels import (Channel, parse_channel, send, sign_webhook,
                             verify_webhook)
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
 
@@ -165,7 +166,7 @@ def test_secret_rotation_verifies_on_old_and_new_receivers(receivers):
         assert len(rec.deliveries) == 1
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(other.url), _alert(), secrets=["new", "old"])
-    assert not err.value.retriable and "401" in err.value.reason
+    assert not err.value.transient and "401" in err.value.reason
 
 
 def test_verify_webhook_edge_cases():
@@ -186,7 +187,7 @@ def test_webhook_without_secret_is_not_sent(receivers):
     rec = receivers()
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(rec.url), _alert(), secrets=[])
-    assert not err.value.retriable and "no signing secret" in err.value.reason
+    assert not err.value.transient and "no signing secret" in err.value.reason
     assert rec.requests == []
 
 
@@ -203,7 +204,7 @@ def test_http_status_classification(receivers, status, headers, retriable, retry
     rec.respond = (status, headers, b"why: " + b"x" * 1000)
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(rec.url), _alert(), secrets=["s3cret"], now=lambda: NOW)
-    assert err.value.retriable is retriable
+    assert err.value.transient is retriable
     assert err.value.retry_after == retry_after
     assert f"HTTP {status}" in err.value.reason and rec.url in err.value.reason
     assert "why: xxx" in err.value.reason and len(err.value.reason) < len(rec.url) + 250  # body excerpt, capped
@@ -214,20 +215,20 @@ def test_redirects_are_not_followed(receivers):
     rec.respond = (302, {"Location": elsewhere.url}, b"")
     with pytest.raises(DeliveryError) as err, httpx.Client(follow_redirects=True) as client:
         send(parse_channel(rec.url), _alert(), secrets=["s3cret"], http=client)
-    assert not err.value.retriable and "redirects are not followed" in err.value.reason
+    assert not err.value.transient and "redirects are not followed" in err.value.reason
     assert len(rec.requests) == 1 and elsewhere.requests == []
 
 
 def test_connection_refused_and_timeout_are_retriable(receivers):
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(f"http://127.0.0.1:{_closed_port()}/hook"), _alert(), secrets=["s3cret"])
-    assert err.value.retriable and "ConnectError" in err.value.reason
+    assert err.value.transient and "ConnectError" in err.value.reason
     rec = receivers()
     rec.hanging = True
     started = time.monotonic()
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(rec.url), _alert(), secrets=["s3cret"], timeout=0.3)
-    assert err.value.retriable and "Timeout" in err.value.reason
+    assert err.value.transient and "Timeout" in err.value.reason
     assert time.monotonic() - started < 1.5
 
 
@@ -348,7 +349,7 @@ def test_smtp_data_replies_are_classified(smtpd, reply, retriable):
     smtpd.data_reply = reply
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(f"smtp://127.0.0.1:{smtpd.port}/?to=a@example.org&security=none"), _alert())
-    assert err.value.retriable is retriable and reply.split()[0] in err.value.reason
+    assert err.value.transient is retriable and reply.split()[0] in err.value.reason
 
 
 def test_smtp_refused_recipients(smtpd):
@@ -356,11 +357,11 @@ def test_smtp_refused_recipients(smtpd):
     smtpd.rcpt_replies = {"a@example.org": "450 mailbox busy", "b@example.org": "450 mailbox busy"}
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(url), _alert())
-    assert err.value.retriable and "a@example.org: 450" in err.value.reason
+    assert err.value.transient and "a@example.org: 450" in err.value.reason
     smtpd.rcpt_replies["b@example.org"] = "550 no such user"
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(url), _alert())
-    assert not err.value.retriable
+    assert not err.value.transient
     del smtpd.rcpt_replies["b@example.org"]  # one accepted: delivered, a retry would duplicate it
     send(parse_channel(url), _alert())
     assert smtpd.envelopes[0].rcpt_tos == ["b@example.org"]
@@ -369,11 +370,11 @@ def test_smtp_refused_recipients(smtpd):
 def test_smtp_connection_problems(smtpd):
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(f"smtp://127.0.0.1:{_closed_port()}/?to=a@example.org&security=none"), _alert())
-    assert err.value.retriable
+    assert err.value.transient
     # The server offers no STARTTLS: refuse to send in clear rather than downgrade silently.
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(f"smtp://127.0.0.1:{smtpd.port}/?to=a@example.org&security=starttls"), _alert())
-    assert not err.value.retriable and "STARTTLS" in err.value.reason
+    assert not err.value.transient and "STARTTLS" in err.value.reason
     assert smtpd.envelopes == []
 
 
@@ -411,7 +412,7 @@ def test_file_channel_stdout_and_errors(tmp_path, capsys):
     (tmp_path / "blocker").write_text("a file, not a directory")
     with pytest.raises(DeliveryError) as err:
         send(parse_channel(f"file://{tmp_path}/blocker/alerts.jsonl"), _alert())
-    assert err.value.retriable
+    assert err.value.transient
 
 
 # -- parsing --------------------------------------------------------------------------------------------------

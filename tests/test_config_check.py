@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from newsmon import settings as config
+from newsmon.errors import ConfigError
 from tests.conftest import NEWSMON, REPO, write_feeds
 
 
@@ -101,7 +102,7 @@ def test_unknown_topic_in_a_subscriber_rule_is_reported_as_the_alert_stage_would
 
     from newsmon.pipeline import open_alerts
 
-    with pytest.raises(config.ConfigError) as refused:  # the alert stage refuses to start with the same words
+    with pytest.raises(ConfigError) as refused:  # the alert stage refuses to start with the same words
         open_alerts(config.load(config_dir, tmp_path / "data"))
     assert problems(env) == str(refused.value).splitlines()
 

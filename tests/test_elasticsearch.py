@@ -16,9 +16,10 @@ import pytest
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.pipeline import TAGGED, open_index, run
 from newsmon.record import Article, TagHit, article_id, to_epoch
-from newsmon.runner import SinkUnavailable, Stage, process_batch
-from newsmon.settings import ConfigError, ElasticsearchSettings, Feed
-from sinks.elasticsearch import PAGE, EsError, EsIndex, index_for, search_body
+from newsmon.errors import ConfigError, ServiceError, SinkUnavailable
+from newsmon.runner import Stage, process_batch
+from newsmon.settings import ElasticsearchSettings, Feed
+from sinks.elasticsearch import PAGE, EsIndex, index_for, search_body
 from sinks.query import parse
 from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
 from tests.conftest import NEWSMON, wait_for
@@ -76,7 +77,7 @@ def test_detects_the_product_and_installs_the_template(flavor, product):
 def test_refuses_an_unsupported_version_with_the_reason(make_settings):
     server = FakeEs(flavor="es7").start()
     try:
-        with pytest.raises(EsError, match=r"Elasticsearch 7\.17\.0 is not supported .*8\.x and 9\.x"):
+        with pytest.raises(ServiceError, match=r"Elasticsearch 7\.17\.0 is not supported .*8\.x and 9\.x"):
             EsIndex(_settings(server)).connect()
         # The index stage does not start on it: a configuration error the operator sees (the CLI prints it).
         with pytest.raises(ConfigError, match=r"^search index: http://127\.0\.0\.1:\d+: Elasticsearch 7\.17\.0 is not"):

@@ -2,7 +2,8 @@ import time
 
 import pytest
 
-from ingest.extract import ExtractionError, Extractor, decode_html, extract_html
+from ingest.extract import Extractor, decode_html, extract_html
+from newsmon.errors import ExtractionError
 from newsmon.settings import ExtractSettings
 from tests.conftest import EURONEWS_SLUG, demo_page
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from ingest import feeds
-from ingest.feeds import FeedParseError, FeedStore, due_feeds, parse_feed, poll_feed
+from ingest.feeds import FeedStore, due_feeds, parse_feed, poll_feed
+from newsmon.errors import FeedParseError
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.conftest import NEWSMON, write_feeds
 from tests.sites import Page, TestSite, rss

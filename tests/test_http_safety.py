@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import brotli
 import pytest
 
-from ingest.http import HTML_TYPES, AddressPolicy, AddressRefused, FetchError, Fetcher
+from ingest.http import HTML_TYPES, AddressPolicy, Fetcher
+from newsmon.errors import AddressRefused, FetchError
 from ingest.robots import RobotsRules
 from newsmon.settings import FetchSettings
 from tests.conftest import NEWSMON

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from newsmon.record import Article, RecordError, TagHit, article_id
+from newsmon.errors import RecordError
+from newsmon.record import Article, TagHit, article_id
 
 
 def _article(**kw) -> Article:
