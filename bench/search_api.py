@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 from enrich.keywords import KeywordTagger  # noqa: E402
 from ingest.extract import decode_html, extract_html  # noqa: E402
 from newsmon import settings as config  # noqa: E402
-from newsmon.record import Article, article_id, to_iso  # noqa: E402
+from newsmon.dates import to_iso  # noqa: E402
+from newsmon.record import Article, article_id  # noqa: E402
 from sinks.sqlite_index import SqliteIndex  # noqa: E402
 
 SITE = REPO / "newsmon" / "demo_site"

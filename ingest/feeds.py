@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -33,10 +32,10 @@ from lxml import etree
 
 from ingest.http import AsyncFetcher, FetchResult
 from ingest.urls import canonicalize
-from newsmon import metrics
-from newsmon.bus import connect_sqlite
+from newsmon import metrics, sqlite
+from newsmon.dates import from_epoch, parse_iso, utc_now
 from newsmon.errors import FeedParseError, FetchError
-from newsmon.record import Article, article_id, from_epoch, utc_now
+from newsmon.record import Article, article_id
 from newsmon.settings import Feed, FetchSettings, PollSettings
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,7 @@ class FeedStore:
     """Per-feed state and the discovered-URL set, in ``state.db`` of the data directory."""
 
     def __init__(self, path: Path):
-        self._conn = connect_sqlite(path)
+        self._conn = sqlite.connect(path)
         self._conn.executescript(_SCHEMA)
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(feeds)")}
         for name, kind in (("next_poll", "REAL"), ("interval", "REAL"), ("disabled", "TEXT"), ("moved_to", "TEXT"),
@@ -284,10 +283,9 @@ def _well_formed_feed(content: bytes) -> feedparser.FeedParserDict | None:
 
 def _utc_struct(iso: str | None) -> time.struct_time | None:
     try:
-        moment = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
-    except (TypeError, ValueError):
-        return None  # missing or unreadable: the entry simply has no date
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).utctimetuple()
+        return parse_iso(iso).utctimetuple() if iso else None
+    except ValueError:
+        return None  # unreadable: the entry simply has no date
 
 
 def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "",

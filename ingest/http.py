@@ -22,7 +22,6 @@ politeness budget.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import socket
 import ssl
@@ -31,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import timezone
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
@@ -40,6 +38,7 @@ from httpcore._backends.anyio import AnyIOBackend
 
 from newsmon import __version__
 from newsmon.errors import AddressRefused, FetchError
+from newsmon.retry import retriable_status, retry_after_seconds
 from newsmon.settings import FetchSettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -242,20 +241,6 @@ class FetchResult:
         return bool(self.redirect_statuses) and all(s in (301, 308) for s in self.redirect_statuses)
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None if absent or unreadable."""
-    value = (value or "").strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)  # HTTP-dates are GMT
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
@@ -323,7 +308,7 @@ def _check_response(hops: _Hops, response: httpx.Response, accept_types: tuple[s
     if 300 <= status < 400 and status != 304:
         raise FetchError(url, f"HTTP {status} without a usable Location header")
     if status >= 400:
-        raise FetchError(url, f"HTTP {status}", transient=status in (408, 429) or status >= 500, status=status,
+        raise FetchError(url, f"HTTP {status}", transient=retriable_status(status), status=status,
                          retry_after=retry_after_seconds(response.headers.get("retry-after")))
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if accept_types and status != 304 and content_type not in accept_types:

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime, timezone
 
 from ingest.extract import Extracted, Extractor, decode_html
 from ingest.http import HTML_TYPES, Fetcher
 from ingest.robots import RobotsRules
-from newsmon.record import Article, to_iso, utc_now
+from newsmon.dates import normalise_iso, utc_now
+from newsmon.record import Article
 
 log = logging.getLogger(__name__)
-
-
-def _page_date(value: str | None) -> str | None:
-    """trafilatura's date (usually YYYY-MM-DD) as UTC ISO 8601, or None if unparseable."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return to_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
 
 
 def apply_extraction(article: Article, extracted: Extracted) -> Article:
@@ -33,7 +22,7 @@ def apply_extraction(article: Article, extracted: Extracted) -> Article:
         extraction_method=extracted.method,
         title=article.title or extracted.title,
         authors=article.authors or extracted.authors,
-        published=article.published or _page_date(extracted.date),
+        published=article.published or normalise_iso(extracted.date),
         source=extracted.sitename or article.source,
         page_canonical_url=extracted.canonical_url,
         warnings=list(article.warnings),

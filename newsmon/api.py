@@ -4,7 +4,7 @@ Read-only on the articles: search with filters, facets and a per-day timeline (n
 grouped, counted once), one article in full, exports of a whole query streamed as CSV or NDJSON
 with constant memory, saved searches, and the alert subscription a search would make. Every
 input is validated here and refused with 422 naming the parameter and the reason; the query
-syntax itself never fails (``sinks/query.py``). With ``NEWSMON_API_TOKEN`` set, every route
+syntax itself never fails (``newsmon/query.py``). With ``NEWSMON_API_TOKEN`` set, every route
 needs it (but ``/healthz``), as ``Authorization: Bearer`` or as the cookie ``/login`` sets for browsers.
 """
 
@@ -27,7 +27,8 @@ from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 import yaml
-from fastapi import Depends, FastAPI, Form, HTTPException, Path as PathParam, Query, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -36,12 +37,12 @@ from pydantic import BaseModel, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from newsmon import __version__
-from newsmon.pipeline import open_alerts, open_index
-from newsmon.record import to_iso
-from newsmon.saved import SavedSearches, SearchParams
+from newsmon.dates import to_iso
 from newsmon.errors import ConfigError, SinkUnavailable
+from newsmon.pipeline import open_alerts, open_index
+from newsmon.query import parse
+from newsmon.saved import SavedSearches, SearchParams
 from newsmon.settings import Settings
-from sinks.query import parse
 from sinks.sqlite_index import Filters, Hit
 
 WEB = Path(__file__).resolve().parent / "web"

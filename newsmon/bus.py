@@ -10,13 +10,14 @@ per topic and one consumer per group (one process owns a data directory).
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from newsmon import sqlite
 
 DEAD_LETTERS = "dead-letters"
 
@@ -106,16 +107,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 
-def connect_sqlite(path: Path) -> sqlite3.Connection:
-    """A connection tuned for a durable single-writer store (WAL survives kill -9)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: committed data survives a process crash
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
 class SqliteBus:
     """Durable on local disk: a message is stored once ``flush`` returns, an offset once ``commit`` does.
 
@@ -126,7 +117,7 @@ class SqliteBus:
     def __init__(self, path: Path, retention_s: float = 7 * 86400):
         self.path = path
         self.retention_s = retention_s
-        self._conn = connect_sqlite(path)
+        self._conn = sqlite.connect(path)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()  # one connection shared by the runner's threads
         self._pending: list[tuple[str, str, bytes, str, float]] = []

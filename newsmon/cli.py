@@ -10,15 +10,16 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import yaml
 
-from newsmon import __version__, logs, settings as config
+from newsmon import __version__, logs
+from newsmon import settings as config
 from newsmon.bus import DEAD_LETTERS
-from newsmon.record import Article, article_id, to_iso, utc_now
+from newsmon.dates import from_epoch, parse_iso, to_iso, utc_now
+from newsmon.record import Article, article_id
 
 log = logging.getLogger("newsmon")
 
@@ -269,8 +270,8 @@ def serve(host: str | None, port: int | None) -> None:
 @contextmanager
 def _reader(settings: config.Settings, required: bool = True):
     """The search index for reading: Elasticsearch if configured, else the embedded one (None if absent)."""
-    from newsmon.pipeline import open_index
     from newsmon.errors import ServiceError, SinkUnavailable
+    from newsmon.pipeline import open_index
 
     index = None
     try:
@@ -292,10 +293,9 @@ def _date(value: str | None, option: str) -> str | None:
     if not value:
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return to_iso(parse_iso(value))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD or ISO 8601)", param_hint=option) from None
-    return to_iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
 
 
 def _print_hits(hits, start: int = 1) -> None:
@@ -315,8 +315,8 @@ def extract(paths, as_json) -> None:
     from enrich.keywords import KeywordTagger
     from enrich.language import detect_language
     from ingest.extract import Extractor, decode_html
-    from newsmon.errors import ExtractionError
     from ingest.pages import apply_extraction
+    from newsmon.errors import ExtractionError
 
     settings = _load()
     tagger = KeywordTagger(settings.topics)
@@ -851,9 +851,7 @@ def feeds_status(as_json: bool) -> None:
         broken = bool(state.disabled) or state.failures >= threshold
         rows.append({"name": feed.name, "url": feed.url, "polled_at": state.moved_to or feed.url, "broken": broken,
                      "last_status": state.last_status, "failures": state.failures, "last_error": state.last_error,
-                     "disabled": state.disabled, "last_success": to_iso(datetime.fromtimestamp(state.last_success,
-                                                                                              timezone.utc))
-                     if state.last_success else None,
+                     "disabled": state.disabled, "last_success": from_epoch(state.last_success) if state.last_success else None,
                      "next_poll_in_s": None if state.disabled or state.next_poll is None
                      else max(0, round(state.next_poll - now))})
     rows.sort(key=lambda r: (not r["broken"], r["name"]))

@@ -32,15 +32,27 @@ from pebble import ProcessExpired, ProcessPool
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import Extractor
-from ingest.feeds import (FeedState, FeedStore, Fetched, ParsedFeed, PollRequest, due_feeds,
-                          fetch_feed, parse_feed, parse_here, plan_poll, settle_poll)
+from ingest.feeds import (
+    FeedState,
+    FeedStore,
+    Fetched,
+    ParsedFeed,
+    PollRequest,
+    due_feeds,
+    fetch_feed,
+    parse_feed,
+    parse_here,
+    plan_poll,
+    settle_poll,
+)
 from ingest.http import AsyncFetcher, Fetcher
 from ingest.pages import fetch_and_extract
 from ingest.robots import RobotsRules
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, SqliteBus
-from newsmon.record import Article, to_epoch
+from newsmon.dates import to_epoch
 from newsmon.errors import ConfigError, FeedParseError, FetchError, ServiceError, SinkUnavailable
+from newsmon.record import Article
 from newsmon.runner import Stage, process_batch, worker_context
 from newsmon.settings import ConfigWatch, Feed, PollSettings, Settings, unknown_topics
 from sinks.alerts import AlertLog

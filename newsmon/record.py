@@ -11,33 +11,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from newsmon.dates import utc_now
 from newsmon.errors import RecordError
 
 SCHEMA_VERSION = 1
-
-
-def utc_now() -> str:
-    return to_iso(datetime.now(timezone.utc))
-
-
-def to_iso(moment: datetime) -> str:
-    """UTC ISO 8601 with a ``Z`` suffix and second precision: sortable as plain text."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def from_epoch(epoch: float) -> str:
-    return to_iso(datetime.fromtimestamp(epoch, timezone.utc))
-
-
-def to_epoch(iso: str) -> float:
-    """Seconds since the epoch of an ISO 8601 time (naive means UTC); raises ValueError if it is not one."""
-    moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def article_id(canonical_url: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -22,18 +21,12 @@ from dataclasses import dataclass
 
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
-from newsmon.errors import RecordError, SinkUnavailable
-from newsmon.record import Article, utc_now
+from newsmon.dates import utc_now
+from newsmon.errors import RecordError
+from newsmon.record import Article
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``attempt`` (0-based): exponential up to ``cap``, half of it
-    random, so sinks retrying at once spread out."""
-    delay = min(cap, base * 2**attempt)
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 Transform = Callable[[Article], Article]

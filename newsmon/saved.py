@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from newsmon.bus import connect_sqlite
-from newsmon.record import utc_now
+from newsmon import sqlite
+from newsmon.dates import utc_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS saved_searches (
@@ -57,7 +57,7 @@ class SavedSearch:
 
 class SavedSearches:
     def __init__(self, path: Path):
-        self._db = connect_sqlite(path)
+        self._db = sqlite.connect(path)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

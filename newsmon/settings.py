@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from newsmon.errors import ConfigError
-
+from newsmon.query import parse
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,7 @@ class Rule(_Model):
     @field_validator("query")
     @classmethod
     def _parses(cls, value: str) -> str:
-        from sinks.query import parse  # every string parses; refuse one that is only punctuation
-
-        if value.strip() and parse(value).empty:
+        if value.strip() and parse(value).empty:  # every string parses; one of punctuation only is empty
             raise ValueError(f"{value!r} has no words to match")
         return value
 

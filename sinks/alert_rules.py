@@ -1,7 +1,7 @@
 """Alert rules: which subscribers' rules a tagged article matches, and why.
 
 A rule matches when every part it gives matches: one of its topic tags, its query
-(the analyst's syntax of ``sinks/query.py``: words, "phrases", OR, -exclusions,
+(the analyst's syntax of ``newsmon/query.py``: words, "phrases", OR, -exclusions,
 prefix*; case and accents ignored), its language and source filters, and at
 least ``min_hits`` keyword occurrences.
 
@@ -19,11 +19,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from enrich.keywords import fold
+from newsmon.query import Term, parse
 from newsmon.record import Article
 from newsmon.settings import Rule, Subscriber
-from sinks.query import Term, parse
-from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
+from newsmon.text import MARK_CLOSE, MARK_OPEN, fold
 
 _WORD = re.compile(r"\w+")
 _PREFIX_KEY = 3  # prefix* terms are indexed by their first characters

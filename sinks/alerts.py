@@ -36,17 +36,19 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from newsmon import metrics
-from newsmon.record import Article
-from newsmon.runner import backoff
+from newsmon import metrics, sqlite
+from newsmon.dates import from_epoch
 from newsmon.errors import ChannelError, ConfigError, DeliveryError
+from newsmon.record import Article
+from newsmon.retry import backoff
 from newsmon.settings import AlertSettings, DigestSchedule, Subscriber
+from newsmon.text import snippet_html
 from sinks.alert_rules import Match, RuleIndex, snippet
-from sinks.channels import Channel, parse_channel, send, snippet_html
+from sinks.channels import Channel, parse_channel, send
 from sinks.stories import StoryIndex
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def next_digest(schedule: DigestSchedule, after: float) -> float:
 
 
 def _iso(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return from_epoch(moment) if moment else None
 
 
 def alert_item(article: Article, match: Match, marked: str) -> dict:
@@ -186,10 +188,8 @@ class AlertLog:
         self.rules = RuleIndex(subscribers)
         self.clock = clock
         self._env = env
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite.connect(path, synchronous="FULL")  # accepted means on disk: the bus commits after this
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # accepted means on disk: the bus commits after this
         self._db.executescript(_SCHEMA)
         self.stories = StoryIndex(self._db)
         # A digest schedule starts when the subscriber first appears (or first has something held).

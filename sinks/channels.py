@@ -34,10 +34,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
-from ingest.http import retry_after_seconds
 from newsmon.errors import ChannelError, DeliveryError
+from newsmon.retry import retriable_status, retry_after_seconds
 from newsmon.settings import SmtpSettings
-from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
+from newsmon.text import MARK_CLOSE, MARK_OPEN, snippet_html
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +226,6 @@ def send(channel: Channel, alert: dict, *, secrets: Sequence[str] = (), smtp: Sm
         raise DeliveryError(f"unknown channel kind {channel.kind!r}", transient=False)
 
 
-def snippet_html(snippet) -> str:
-    """A snippet as escaped HTML with <mark> around the matches (the private-use markers newsmon
-    uses inside mean nothing outside it)."""
-    return html.escape(str(snippet or "")).replace(MARK_OPEN, "<mark>").replace(MARK_CLOSE, "</mark>")
-
-
 def _as_json(alert: dict) -> dict:
     """The alert as webhook and file receivers get it: snippets in HTML, as ``newsmon search --json`` has them."""
     return {**alert, "items": [{**item, "snippet": snippet_html(item.get("snippet"))} for item in alert.get("items", [])]}
@@ -263,7 +257,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float, http: 
     finally:
         if http is None:
             client.close()
-    transient = status in (408, 429) or status >= 500
+    transient = retriable_status(status)
     retry_after = retry_after_seconds(response.headers.get("retry-after"), now()) if transient else None
     raise DeliveryError(f"POST {where}: HTTP {status}: {excerpt}", transient=transient, retry_after=retry_after)
 

@@ -37,15 +37,15 @@ from pathlib import Path
 
 import httpx
 
-from newsmon import metrics
-from newsmon.bus import connect_sqlite
-from newsmon.record import Article, utc_now
+from newsmon import metrics, sqlite
+from newsmon.dates import utc_now
 from newsmon.errors import ServiceError, SinkUnavailable
-from newsmon.runner import backoff
+from newsmon.query import Query, Term, parse
+from newsmon.record import Article
+from newsmon.retry import backoff, retriable_status
 from newsmon.settings import ElasticsearchSettings
-from sinks.query import Query, Term, parse
-from sinks.sqlite_index import (GROUPED_LIMIT, MARK_CLOSE, MARK_OPEN, STORY_WINDOW_DAYS, SUMMARY_FIELDS, Filters, Hit,
-                                SearchResult)
+from newsmon.text import MARK_CLOSE, MARK_OPEN
+from sinks.sqlite_index import GROUPED_LIMIT, STORY_WINDOW_DAYS, SUMMARY_FIELDS, Filters, Hit, SearchResult
 from sinks.stories import StoryIndex
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,6 @@ def _bulk_chunks(actions: list[tuple[Article, bytes]], max_docs: int, max_bytes:
         yield chunk
 
 
-def _retriable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
 def _error_text(error) -> str:
     if isinstance(error, dict):
         text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
@@ -276,7 +272,7 @@ class EsIndex:
             except ValueError:
                 error = response.text[:300]
             message = f"{method} {path}: HTTP {response.status_code}: {error}"
-            if _retriable(response.status_code):
+            if retriable_status(response.status_code):
                 raise SinkUnavailable(message)
             raise ServiceError(message)
         return response.json()
@@ -320,8 +316,7 @@ class EsIndex:
         """The story of each article, by id. Committed before the documents are sent: a batch
         delivered again after a failure gets the same stories back."""
         if self._stories_db is None:
-            self._stories_db = (connect_sqlite(self._stories_path) if self._stories_path
-                                else sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False))
+            self._stories_db = sqlite.connect(self._stories_path)
             self._story_index = StoryIndex(self._stories_db)
         clock = time.time()
         with self._stories_db:
@@ -369,7 +364,7 @@ class EsIndex:
                     status = outcome.get("status", 500)
                     if status < 300:
                         continue
-                    if _retriable(status):
+                    if retriable_status(status):
                         retry.append(action)
                         last_error = f"item {action[0].id}: HTTP {status}: {_error_text(outcome.get('error'))}"
                     else:

@@ -13,16 +13,17 @@ copies, in its totals, facets and timeline.
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from newsmon.bus import connect_sqlite
-from newsmon.record import Article, utc_now
-from sinks.query import parse, to_fts5
+from newsmon import sqlite
+from newsmon.dates import utc_now
+from newsmon.query import Query, Term, parse
+from newsmon.record import Article
+from newsmon.text import MARK_CLOSE, MARK_OPEN, marked, snippet_html
 from sinks.stories import StoryIndex
 
 _SCHEMA = """
@@ -93,9 +94,6 @@ CREATE TRIGGER IF NOT EXISTS articles_au AFTER UPDATE ON articles BEGIN
 END;
 """
 
-# Private-use characters mark highlights inside snippets; they cannot occur in extracted text
-# that matters, and are turned into <mark> (HTML) or terminal markers when rendered.
-MARK_OPEN, MARK_CLOSE = "\ue000", "\ue001"
 _TITLE_WEIGHT, _TEXT_WEIGHT = 5.0, 1.0
 
 
@@ -115,10 +113,10 @@ class Hit:
     duplicates: list[dict] = field(default_factory=list)  # the story's other articles (id, url, title, ...)
 
     def snippet_html(self) -> str:
-        return html.escape(self.snippet).replace(MARK_OPEN, "<mark>").replace(MARK_CLOSE, "</mark>")
+        return snippet_html(self.snippet)
 
     def snippet_marked(self, open_: str, close: str) -> str:
-        return self.snippet.replace(MARK_OPEN, open_).replace(MARK_CLOSE, close)
+        return marked(self.snippet, open_, close)
 
     def summary(self) -> dict:
         a = self.article
@@ -162,7 +160,7 @@ SUMMARY_FIELDS = ("id", "url", "title", "source", "language", "published")  # of
 
 class SqliteIndex:
     def __init__(self, path: Path, story_window_days: float = STORY_WINDOW_DAYS):
-        self._conn = connect_sqlite(path)
+        self._conn = sqlite.connect(path)
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA temp_store=MEMORY")  # the per-search table of matches
         self._conn.executescript(_SCHEMA)
@@ -428,6 +426,20 @@ class SqliteIndex:
             "source": count("a.source"),
             "tag": count("t.tag", " JOIN article_tags t ON t.article = a.rowid"),
         }
+
+
+def _fts5_term(term: Term) -> str:
+    return '"' + term.text.replace('"', '""') + '"' + ("*" if term.prefix else "")
+
+
+def to_fts5(query: Query) -> tuple[str | None, str | None]:
+    """(MATCH expression for what must match, MATCH expression for what must not), each or None."""
+    positive = " AND ".join(
+        "(" + " OR ".join(_fts5_term(t) for t in group) + ")" if len(group) > 1 else _fts5_term(group[0])
+        for group in query.groups
+    )
+    negative = " OR ".join(_fts5_term(t) for t in query.excluded)
+    return positive or None, negative or None
 
 
 def _story_values(where: str) -> str:

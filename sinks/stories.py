@@ -16,8 +16,8 @@ import json
 import re
 import sqlite3
 
-from enrich.keywords import fold
 from newsmon.record import Article
+from newsmon.text import fold
 
 SKETCH_SIZE = 64
 SAME_STORY = 0.4  # estimated resemblance from which two texts are one story (demo data: different stories ≤ 0.0,

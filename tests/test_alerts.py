@@ -15,9 +15,9 @@ import yaml
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import decode_html, extract_html
+from newsmon.errors import ConfigError
 from newsmon.pipeline import open_alerts
 from newsmon.record import Article, TagHit, article_id
-from newsmon.errors import ConfigError
 from newsmon.settings import AlertSettings, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
 from sinks.alerts import AlertLog, next_digest

@@ -17,11 +17,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from newsmon.settings import SmtpSettings
 from newsmon.errors import ChannelError, DeliveryError
-from sinks.channels import (Channel, parse_channel, send, sign_webhook,
-                            verify_webhook)
-from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN
+from newsmon.settings import SmtpSettings
+from newsmon.text import MARK_CLOSE, MARK_OPEN
+from sinks.channels import Channel, parse_channel, send, sign_webhook, verify_webhook
 
 NOW = 1_790_000_000.0
 

@@ -14,14 +14,16 @@ import tracemalloc
 import pytest
 
 from newsmon.bus import DEAD_LETTERS, SqliteBus
-from newsmon.pipeline import TAGGED, open_index, run
-from newsmon.record import Article, TagHit, article_id, to_epoch
+from newsmon.dates import to_epoch
 from newsmon.errors import ConfigError, ServiceError, SinkUnavailable
+from newsmon.pipeline import TAGGED, open_index, run
+from newsmon.query import parse
+from newsmon.record import Article, TagHit, article_id
 from newsmon.runner import Stage, process_batch
 from newsmon.settings import ElasticsearchSettings, Feed
+from newsmon.text import MARK_CLOSE, MARK_OPEN
 from sinks.elasticsearch import PAGE, EsIndex, index_for, search_body
-from sinks.query import parse
-from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
+from sinks.sqlite_index import Filters
 from tests.conftest import NEWSMON, wait_for
 from tests.fake_es import FakeEs
 from tests.sites import Page, TestSite, article_html, rss

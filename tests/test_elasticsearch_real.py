@@ -21,12 +21,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from newsmon.bus import DEAD_LETTERS, SqliteBus
+from newsmon.dates import to_epoch
 from newsmon.pipeline import TAGGED
-from newsmon.record import article_id, to_epoch
+from newsmon.record import article_id
 from newsmon.runner import Stage, process_batch
 from newsmon.settings import ElasticsearchSettings
+from newsmon.text import MARK_CLOSE, MARK_OPEN
 from sinks.elasticsearch import EsIndex, index_for, to_document
-from sinks.sqlite_index import MARK_CLOSE, MARK_OPEN, Filters
+from sinks.sqlite_index import Filters
 from tests.conftest import wait_for
 from tests.test_elasticsearch import (
     _article,

@@ -10,8 +10,8 @@ import brotli
 import pytest
 
 from ingest.http import HTML_TYPES, AddressPolicy, Fetcher
-from newsmon.errors import AddressRefused, FetchError
 from ingest.robots import RobotsRules
+from newsmon.errors import AddressRefused, FetchError
 from newsmon.settings import FetchSettings
 from tests.conftest import NEWSMON
 from tests.sites import Page, TestSite

@@ -1,10 +1,11 @@
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from newsmon.query import Term, parse
 from newsmon.record import Article, TagHit, article_id
-from sinks.query import Term, parse
 from sinks.sqlite_index import Filters, SqliteIndex
 
 

@@ -1,6 +1,7 @@
-from enrich.keywords import KeywordTagger, fold
+from enrich.keywords import KeywordTagger
 from newsmon.record import Article
 from newsmon.settings import Topic
+from newsmon.text import fold
 
 TOPICS = {
     "nato": Topic(keywords=["NATO", "OTAN", "North Atlantic Treaty Organization"]),

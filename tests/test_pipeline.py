@@ -8,8 +8,8 @@ import pytest
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.cli import _collect_stats
 from newsmon.demo import DemoSite, demo_feeds
-from newsmon.record import Article
 from newsmon.pipeline import run
+from newsmon.record import Article
 from newsmon.settings import Feed
 from sinks.sqlite_index import Filters, SqliteIndex
 from tests.conftest import EURONEWS_SLUG, SITE

@@ -17,8 +17,8 @@ import pytest
 from ingest import feeds
 from ingest.feeds import FeedStore, due_feeds, parse_feed, poll_feed
 from ingest.http import AsyncFetcher, Fetcher
-from newsmon.errors import AddressRefused, FeedParseError, FetchError
 from newsmon.bus import SqliteBus
+from newsmon.errors import AddressRefused, FeedParseError, FetchError
 from newsmon.pipeline import DISCOVERED, Progress, Resources, close_parsers, open_parsers, poll_due
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.conftest import wait_for

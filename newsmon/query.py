@@ -1,4 +1,5 @@
-"""The analyst's query syntax, parsed once and translated for each search backend.
+"""The analyst's query syntax, parsed once here and translated by each search backend
+(``sinks.sqlite_index`` to FTS5, ``sinks.elasticsearch`` to the query DSL).
 
 Syntax: words (all must match), ``"exact phrases"``, ``a OR b``, ``-excluded``
 (word or phrase), ``prefix*``. Anything else is literal text: a query can never
@@ -59,17 +60,3 @@ def parse(query: str) -> Query:
             result.groups.append([term])
         pending_or = False
     return result
-
-
-def _fts5_term(term: Term) -> str:
-    return '"' + term.text.replace('"', '""') + '"' + ("*" if term.prefix else "")
-
-
-def to_fts5(query: Query) -> tuple[str | None, str | None]:
-    """(MATCH expression for what must match, MATCH expression for what must not), each or None."""
-    positive = " AND ".join(
-        "(" + " OR ".join(_fts5_term(t) for t in group) + ")" if len(group) > 1 else _fts5_term(group[0])
-        for group in query.groups
-    )
-    negative = " OR ".join(_fts5_term(t) for t in query.excluded)
-    return positive or None, negative or None
