@@ -42,8 +42,8 @@ from newsmon.errors import ConfigError, SinkUnavailable
 from newsmon.pipeline import open_alerts, open_index
 from newsmon.query import parse
 from newsmon.saved import SavedSearches, SearchParams
+from newsmon.search import Filters, Hit
 from newsmon.settings import Settings
-from sinks.sqlite_index import Filters, Hit
 
 WEB = Path(__file__).resolve().parent / "web"
 TOKEN_ENV = "NEWSMON_API_TOKEN"
@@ -197,7 +197,7 @@ class ResultCache:
         self._answers: OrderedDict[tuple, tuple[int, object]] = OrderedDict()
 
     def search(self, index, key: tuple, compute):
-        generation = index.generation() if self.entries and hasattr(index, "generation") else None
+        generation = index.generation() if self.entries else None
         if generation is None:
             return compute()
         with self._lock:
@@ -353,7 +353,7 @@ def create_app(settings: Settings, token: str | None = None) -> FastAPI:
         found = index.get(article_id)
         if found is None:
             raise HTTPException(404, f"no article with id {article_id}")
-        story, duplicates = getattr(index, "story", lambda _: None)(article_id) or (article_id, [])
+        story, duplicates = index.story(article_id) or (article_id, [])
         return {**found.to_dict(), "story": story, "duplicates": duplicates}
 
     def export(search: Search, media_type: str, rows) -> StreamingResponse:

@@ -127,7 +127,7 @@ def demo(port: int, bus: str | None) -> None:
                f"{progress.done['index']} indexed, {sum(progress.failed.values())} failed.")
     _print_stats(_collect_stats(settings), brief=True)
     click.echo("\nExample: newsmon search securite --lang fr")
-    from sinks.sqlite_index import Filters
+    from newsmon.search import Filters
 
     with _reader(settings) as index:
         _print_hits(index.search("securite", Filters(languages=["fr"]), limit=3).hits)
@@ -232,7 +232,7 @@ def search(query, languages, tags, sources, since, until, sort, limit, offset, a
     QUERY: words (all must match), "exact phrases", a OR b, -excluded, prefix*.
     Case and accents do not matter: securite finds sécurité.
     """
-    from sinks.sqlite_index import Filters
+    from newsmon.search import Filters
 
     filters = Filters(list(languages), list(sources), list(tags), _date(since, "--since"), _date(until, "--until"))
     with _reader(_load()) as index:

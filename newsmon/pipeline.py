@@ -431,8 +431,8 @@ def run(settings: Settings, feeds: list[Feed], *, names: Iterable[str] = STAGE_N
         if settings.pipeline.metrics_addr:
             health = metrics.Health(alive=workers.alive)
             health.add_check("bus", bus_problem)
-            if sink_health := getattr(res.index, "health", None):  # Elasticsearch reports whether it is reachable
-                health.add_check("search index", lambda: None if sink_health.healthy else sink_health.error)
+            if res.index is not None:
+                health.add_check("search index", res.index.health)
             stack.callback(metrics.serve(settings.pipeline.metrics_addr, health))
         sharding = res.bus.sharding("poll", FEED_SHARDS) if "poll" in names else None
         if sharding:
@@ -479,8 +479,7 @@ class _BusProbe:
             if not self.stages:  # a poller: any answer from the brokers will do
                 self.res.bus.size(DISCOVERED)
             self.problem = None
-            sink = getattr(self.res.index, "health", None)
-            if sink is not None and not sink.healthy:
-                self.res.index.try_connect()  # ready as soon as the cluster answers, not at the first write
+            if self.res.index is not None:
+                self.res.index.health()  # reconnects an unreachable cluster: ready when it answers, not at a write
         except Exception as exc:  # what /readyz reports; the stages retry by themselves
             self.problem = f"{type(exc).__name__}: {exc}"

@@ -32,21 +32,20 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from newsmon import metrics, sqlite
-from newsmon.dates import utc_now
 from newsmon.errors import ServiceError, SinkUnavailable
 from newsmon.query import Query, Term, parse
 from newsmon.record import Article
 from newsmon.retry import backoff, retriable_status
+from newsmon.search import GROUPED_LIMIT, SUMMARY_FIELDS, Filters, Hit, SearchResult
 from newsmon.settings import ElasticsearchSettings
 from newsmon.text import MARK_CLOSE, MARK_OPEN
-from sinks.sqlite_index import GROUPED_LIMIT, STORY_WINDOW_DAYS, SUMMARY_FIELDS, Filters, Hit, SearchResult
-from sinks.stories import StoryIndex
+from sinks.stories import STORY_WINDOW_DAYS, StoryIndex
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +64,7 @@ PAGE = 1_000  # documents per request when reading a whole query (exports, the s
 _STORIES = {"cardinality": {"field": "story", "precision_threshold": 40_000}}
 _OLDEST_FIRST = [{"date": {"order": "asc", "missing": "_last"}}, {"id": "asc"}]  # a story's articles, as on SQLite
 _NDJSON = {"Content-Type": "application/x-ndjson"}
-
-
-@dataclass
-class Health:
-    healthy: bool = True
-    error: str | None = None
-    since: str = field(default_factory=utc_now)
-
-    def set(self, healthy: bool, error: str | None = None) -> None:
-        if healthy != self.healthy:
-            self.since = utc_now()
-            if healthy:
-                log.info("elasticsearch: available again")
-        self.healthy, self.error = healthy, error
+_PROBE_EVERY = 5.0  # seconds between connection attempts to a cluster found unreachable
 
 
 def index_template(prefix: str) -> dict:
@@ -208,7 +194,8 @@ class EsIndex:
             verify=settings.ca_file or True,
             timeout=httpx.Timeout(settings.request_timeout, connect=min(5.0, settings.request_timeout)),
         )
-        self.health = Health()
+        self._problem: str | None = None  # why the cluster cannot be used now, while it cannot
+        self._next_probe = 0.0
         self.product = ""  # e.g. "Elasticsearch 8.15.0", once connected
         self._known_indices: set[str] = set()
         self._stories_path = stories
@@ -248,7 +235,7 @@ class EsIndex:
                    json={"properties": template["template"]["mappings"]["properties"]})
         self._backfill_stories()
         log.info("elasticsearch: %s at %s, template %s installed", self.product, self.settings.url, self.prefix)
-        self.health.set(True)
+        self._set_problem(None)
         return self
 
     def try_connect(self) -> EsIndex:
@@ -256,9 +243,25 @@ class EsIndex:
         try:
             self.connect()
         except SinkUnavailable as exc:
-            self.health.set(False, str(exc))
+            self._set_problem(str(exc))
             log.warning("elasticsearch: not reachable yet, will keep trying: %s", exc)
         return self
+
+    def health(self) -> str | None:
+        """None while the cluster takes writes; else the last error, after trying to connect again
+        (at most every few seconds, however often readiness is asked)."""
+        if self._problem is not None and time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + _PROBE_EVERY
+            self.try_connect()
+        return self._problem
+
+    def generation(self) -> None:
+        return None  # the cluster keeps its own request cache; no answer is cached here
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem is None and self._problem is not None:
+            log.info("elasticsearch: available again")
+        self._problem = problem
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         """One request; retriable failures raise SinkUnavailable, the rest ServiceError."""
@@ -371,9 +374,9 @@ class EsIndex:
                         rejected.append((action[0], f"elasticsearch rejected it: HTTP {status}: "
                                                     f"{_error_text(outcome.get('error'))}"))
             if not retry:
-                self.health.set(True)
+                self._set_problem(None)
                 return rejected
-            self.health.set(False, last_error)
+            self._set_problem(last_error)
             delay = backoff(attempt, 0.5, s.backoff_max)
             attempt += 1
             if time.monotonic() + delay > deadline:

@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsmon import sqlite
 from newsmon.dates import utc_now
 from newsmon.query import Query, Term, parse
 from newsmon.record import Article
-from newsmon.text import MARK_CLOSE, MARK_OPEN, marked, snippet_html
-from sinks.stories import StoryIndex
+from newsmon.search import GROUPED_LIMIT, SUMMARY_FIELDS, Filters, Hit, SearchResult
+from newsmon.text import MARK_CLOSE, MARK_OPEN
+from sinks.stories import STORY_WINDOW_DAYS, StoryIndex
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS articles (
@@ -97,65 +97,11 @@ END;
 _TITLE_WEIGHT, _TEXT_WEIGHT = 5.0, 1.0
 
 
-STORY_WINDOW_DAYS = 7.0  # a copy indexed within this many days of the first joins its story
-GROUPED_LIMIT = 20  # other articles of a story listed with its hit
 _FACET_SIZE = 50
 # Stories among matched rows: articles alone in their story count one each, the others once per story.
 _STORIES = "COUNT(*) FILTER (WHERE single) + COUNT(DISTINCT story) FILTER (WHERE NOT single)"
 
 
-@dataclass
-class Hit:
-    article: Article
-    snippet: str  # with MARK_OPEN/MARK_CLOSE around matches
-    score: float | None
-    story: str = ""  # the story id; the article's own id when it has no near-duplicate
-    duplicates: list[dict] = field(default_factory=list)  # the story's other articles (id, url, title, ...)
-
-    def snippet_html(self) -> str:
-        return snippet_html(self.snippet)
-
-    def snippet_marked(self, open_: str, close: str) -> str:
-        return marked(self.snippet, open_, close)
-
-    def summary(self) -> dict:
-        a = self.article
-        return {
-            "id": a.id,
-            "url": a.url,
-            "title": a.title,
-            "source": a.source,
-            "authors": a.authors,
-            "language": a.language,
-            "tags": a.tag_names,
-            "matched_terms": {hit.topic: hit.terms for hit in a.tags},
-            "published": a.published,
-            "score": self.score,
-            "snippet": self.snippet_html(),
-            "story": self.story or a.id,
-            "duplicates": self.duplicates,
-        }
-
-
-@dataclass
-class SearchResult:
-    total: int  # stories matched (near-duplicates counted once)
-    hits: list[Hit] = field(default_factory=list)
-    facets: dict[str, dict[str, int]] = field(default_factory=dict)  # stories per language/source/tag of all matches
-    articles: int | None = None  # articles matched, copies included (None: the same as total)
-    timeline: list[tuple[str, int]] = field(default_factory=list)  # (YYYY-MM-DD, stories first published that day)
-
-
-@dataclass
-class Filters:
-    languages: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    since: str | None = None  # inclusive, ISO 8601 (a date alone means its start)
-    until: str | None = None  # exclusive
-
-
-SUMMARY_FIELDS = ("id", "url", "title", "source", "language", "published")  # of a story's other articles
 
 
 class SqliteIndex:
@@ -213,6 +159,9 @@ class SqliteIndex:
                 self._count_story(story)
             self._conn.execute("UPDATE generation SET n = n + 1")
         return []
+
+    def health(self) -> None:
+        return None  # a local file: usable whenever it could be opened
 
     def generation(self) -> int:
         """A number that changes whenever the index does: a search answer stays valid while it is the same."""

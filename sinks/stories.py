@@ -20,6 +20,7 @@ from newsmon.record import Article
 from newsmon.text import fold
 
 SKETCH_SIZE = 64
+STORY_WINDOW_DAYS = 7.0  # the search index: a copy indexed within this many days of the first joins its story
 SAME_STORY = 0.4  # estimated resemblance from which two texts are one story (demo data: different stories ≤ 0.0,
 #                   trimmed or re-headlined copies ≥ 0.48)
 _WORD = re.compile(r"\w+")

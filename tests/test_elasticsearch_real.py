@@ -25,10 +25,10 @@ from newsmon.dates import to_epoch
 from newsmon.pipeline import TAGGED
 from newsmon.record import article_id
 from newsmon.runner import Stage, process_batch
+from newsmon.search import Filters
 from newsmon.settings import ElasticsearchSettings
 from newsmon.text import MARK_CLOSE, MARK_OPEN
 from sinks.elasticsearch import EsIndex, index_for, to_document
-from sinks.sqlite_index import Filters
 from tests.conftest import wait_for
 from tests.test_elasticsearch import (
     _article,

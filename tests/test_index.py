@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 
 from newsmon.query import Term, parse
 from newsmon.record import Article, TagHit, article_id
-from sinks.sqlite_index import Filters, SqliteIndex
+from newsmon.search import Filters
+from sinks.sqlite_index import SqliteIndex
 
 
 def _article(slug, title, text, language="fr", source="Le Site", tags=(), published="2026-02-12T10:00:00Z"):

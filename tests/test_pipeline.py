@@ -10,8 +10,9 @@ from newsmon.cli import _collect_stats
 from newsmon.demo import DemoSite, demo_feeds
 from newsmon.pipeline import run
 from newsmon.record import Article
+from newsmon.search import Filters
 from newsmon.settings import Feed
-from sinks.sqlite_index import Filters, SqliteIndex
+from sinks.sqlite_index import SqliteIndex
 from tests.conftest import EURONEWS_SLUG, SITE
 from tests.sites import Page, TestSite, article_html, rss
 
