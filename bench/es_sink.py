@@ -6,7 +6,7 @@ Articles are the demo pages, extracted once and cycled under new URLs (spread ov
 months, so three monthly indices). Rows:
 
 1. serialise only: to_document + the NDJSON bulk lines, no I/O (our CPU floor).
-2. sink -> null server: EsIndex.upsert_many against a server on 127.0.0.1 (its own process)
+2. sink -> null server: EsIndex.write against a server on 127.0.0.1 (its own process)
    that reads each bulk body and answers "created" for every item, doing nothing else: serialisation,
    batching, HTTP and response parsing, i.e. everything the sink itself costs.
 3. sink -> tests/fake_es.py: the same against the test stand-in, which also parses and
@@ -136,18 +136,18 @@ def serialise(batch: list[Article]) -> None:
 def through_sink(url: str, batch: list[Article], **settings) -> tuple[float, float]:
     index = EsIndex(ElasticsearchSettings(url=url, **settings)).connect()
     try:
-        return rate(len(batch), lambda: index.upsert_many(batch))
+        return rate(len(batch), lambda: index.write(batch))
     finally:
         index.close()
 
 
-def through_stage(deliver, batch: list[Article], work: Path, batch_size: int) -> tuple[float, float]:
+def through_stage(sink, batch: list[Article], work: Path, batch_size: int) -> tuple[float, float]:
     """The index stage over the embedded queue, as the pipeline runs it (one batch at a time)."""
     bus = SqliteBus(work / f"queue-{time.monotonic_ns()}.db")
     for article in batch:
         bus.publish(TAGGED, article.id, article.to_json())
     bus.flush()
-    stage = Stage("index", TAGGED, deliver=deliver)
+    stage = Stage("index", TAGGED, sink=sink)
     consumer = bus.consumer("index", [TAGGED])
 
     def drain():
@@ -180,10 +180,10 @@ def main() -> None:
         work = Path(tmp)
         stage_size = 500  # the index stage's batch on Elasticsearch (bulk_docs)
         index = EsIndex(ElasticsearchSettings(url=null.url)).connect()
-        rows.append(("index stage -> null server", through_stage(index.upsert_many, batch, work, stage_size)))
+        rows.append(("index stage -> null server", through_stage(index, batch, work, stage_size)))
         index.close()
         sqlite = SqliteIndex(work / "index.db")
-        rows.append(("index stage -> embedded SQLite FTS5 index", through_stage(sqlite.upsert_many, batch, work, 50)))
+        rows.append(("index stage -> embedded SQLite FTS5 index", through_stage(sqlite, batch, work, 50)))
         sqlite.close()
     null.close()
 

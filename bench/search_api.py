@@ -142,7 +142,7 @@ def build_index(path: Path, count: int) -> float:
     started = time.perf_counter()
     articles = make_articles(count)
     while batch := [tagger.tag(a) for a in itertools.islice(articles, 1000)]:
-        index.upsert_many(batch)
+        index.write(batch)
     index.close()
     return time.perf_counter() - started
 

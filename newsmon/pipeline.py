@@ -24,7 +24,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pebble import ProcessExpired, ProcessPool
@@ -54,14 +53,10 @@ from newsmon.dates import to_epoch
 from newsmon.errors import ConfigError, FeedParseError, FetchError, ServiceError, SinkUnavailable
 from newsmon.record import Article
 from newsmon.runner import Stage, process_batch, worker_context
+from newsmon.search import SearchIndex
 from newsmon.settings import ConfigWatch, Feed, PollSettings, Settings, unknown_topics
 from sinks.alerts import AlertLog
 from sinks.sqlite_index import SqliteIndex
-
-if TYPE_CHECKING:
-    from sinks.elasticsearch import EsIndex
-
-    SearchIndex = SqliteIndex | EsIndex  # the same search interface on both
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +99,9 @@ def build_stages(settings: Settings, res: Resources, names: Iterable[str] = STAG
     if "index" in names:
         es = p.elasticsearch
         batching = {"batch_size": es.bulk_docs, "linger": es.flush_seconds} if es.url else {}
-        stages.append(Stage("index", TAGGED, deliver=partial(_index, res.index), **batching))
+        stages.append(Stage("index", TAGGED, sink=MeasuredIndex(res.index), **batching))
     if "alert" in names:
-        stages.append(Stage("alert", TAGGED, deliver=res.alerts.accept))
+        stages.append(Stage("alert", TAGGED, sink=res.alerts))
     return stages
 
 
@@ -114,23 +109,28 @@ def _tag(res: Resources, article: Article) -> Article:
     return res.tagger.tag(article)  # looked up per record: a keywords reload swaps the tagger
 
 
-def _index(index: SearchIndex, articles: list[Article]) -> list[tuple[Article, str]]:
-    """The index sink, measuring how long articles took to become searchable."""
-    rejected = index.upsert_many(articles)
-    refused = {article.id for article, _ in rejected}
-    now = time.time()
-    for article in articles:
-        if article.id in refused:
-            continue
-        for moment, histogram in ((article.discovered, metrics.DISCOVERED_TO_INDEXED),
-                                  (article.published, metrics.PUBLISHED_TO_INDEXED)):
-            if not moment:
+@dataclass
+class MeasuredIndex:
+    """The index stage's sink: the search index, measuring how long articles took to become searchable."""
+
+    index: SearchIndex
+
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]:
+        rejected = self.index.write(articles)
+        refused = {article.id for article, _ in rejected}
+        now = time.time()
+        for article in articles:
+            if article.id in refused:
                 continue
-            try:
-                histogram.observe(max(0.0, now - to_epoch(moment)))
-            except ValueError:
-                pass  # a date the feed gave in another form: no measurement, no harm
-    return rejected
+            for moment, histogram in ((article.discovered, metrics.DISCOVERED_TO_INDEXED),
+                                      (article.published, metrics.PUBLISHED_TO_INDEXED)):
+                if not moment:
+                    continue
+                try:
+                    histogram.observe(max(0.0, now - to_epoch(moment)))
+                except ValueError:
+                    pass  # a date the feed gave in another form: no measurement, no harm
+        return rejected
 
 
 def open_bus(settings: Settings) -> Bus:
@@ -389,12 +389,14 @@ class StageThreads:
                     timeout=runner.poll_timeout, threads=self.threads_pool, processes=self.processes,
                 )
             except Exception as exc:
+                wait = 1.0
                 if isinstance(exc, SinkUnavailable):  # expected during an outage: the reason, no traceback
                     log.warning("stage %s: sink unavailable, its batch will be retried: %s", stage.name, exc)
+                    wait = exc.retry_after or wait
                 else:
                     log.exception("stage %s failed; its batch will be retried", stage.name)
                 consumer.rewind()
-                self._stop.wait(1.0)
+                self._stop.wait(wait)
                 continue
             if result.consumed:
                 with self._lock:

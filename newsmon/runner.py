@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from newsmon import metrics
 from newsmon.bus import DEAD_LETTERS, Bus, Consumer, Message
@@ -30,8 +31,18 @@ _HOST = socket.gethostname()
 
 
 Transform = Callable[[Article], Article]
-# A sink takes a batch and returns the records it rejected, each with the reason.
-Deliver = Callable[[list[Article]], list[tuple[Article, str]]]
+
+
+class Sink(Protocol):
+    """Where a stage's records end: the search index, the alert log.
+
+    ``write`` returns once the batch is durable there, with the records it refused for good, each
+    with the reason (they go to the dead letters). When it cannot take the batch now it raises
+    ``SinkUnavailable`` (with ``retry_after`` if it knows how long): nothing of the batch is
+    committed and the runner delivers it again.
+    """
+
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]: ...
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -50,7 +61,7 @@ class Stage:
     consumes: str
     produces: str | None = None
     transform: Transform | None = None
-    deliver: Deliver | None = None
+    sink: Sink | None = None
     concurrency: int = 1  # threads for I/O-bound transforms (fetching)
     cpu_bound: bool = False  # pure and CPU-heavy: run in worker processes when the runner has them
     batch_size: int | None = None  # records per batch, if not the runner's default (a sink's bulk size)
@@ -145,9 +156,9 @@ def process_batch(
             headers = {"stage": stage.name, "attempts": message.headers.get("attempts", "1")}
             bus.publish(stage.produces, article.id, article.to_json(), headers)
         stats.produced = len(done)
-    if stage.deliver and done:
+    if stage.sink and done:
         by_id = {article.id: message for message, article in done}
-        rejected = stage.deliver([article for _, article in done])
+        rejected = stage.sink.write([article for _, article in done])
         for article, reason in rejected:
             dead_letter(bus, stage.name, by_id[article.id], reason)
         stats.failed += len(rejected)

@@ -75,7 +75,7 @@ class SearchResult:
 
 
 class SearchIndex(Protocol):
-    def upsert_many(self, articles: list[Article]) -> list[tuple[Article, str]]:
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]:
         """Index (or re-index: the id is the key) articles, durably when this returns; the rejected
         ones with the reason. Raises ``SinkUnavailable`` when it cannot take them now."""
 

@@ -1,6 +1,6 @@
 """Alerts: matched articles become deliveries in a durable log, and a dispatcher sends them.
 
-``AlertLog.accept`` is the alert stage's sink. For each tagged article it runs the
+``AlertLog.write`` is the alert stage's sink. For each tagged article it runs the
 rules (``sinks/alert_rules.py``) and records one delivery per (subscriber, article)
 in SQLite, in one transaction per batch; only then does the runner commit the bus
 offset. A redelivered article meets the UNIQUE (subscriber, article) constraint. A
@@ -205,7 +205,7 @@ class AlertLog:
 
     # -- the stage's sink ------------------------------------------------------------------------
 
-    def accept(self, articles: list[Article]) -> list[tuple[Article, str]]:
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]:
         """Record the deliveries these articles make; durable when this returns."""
         now = self.clock()
         matched = [(article, self.rules.match(article)) for article in articles]

@@ -327,7 +327,7 @@ class EsIndex:
             since = clock - STORY_WINDOW_DAYS * 86400
             return {a.id: self._story_index.story_of(a, clock, since) for a in articles}
 
-    def upsert_many(self, articles: list[Article]) -> list[tuple[Article, str]]:
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]:
         """Index articles by id; returns those Elasticsearch rejected for good, each with its error.
 
         Retriable failures (429, 5xx, connection errors, for the whole request or single

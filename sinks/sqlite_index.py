@@ -123,7 +123,7 @@ class SqliteIndex:
     def close(self) -> None:
         self._conn.close()
 
-    def upsert_many(self, articles: list[Article]) -> list[tuple[Article, str]]:
+    def write(self, articles: list[Article]) -> list[tuple[Article, str]]:
         """Index (or re-index) articles in one transaction; returns the rejected ones (none, here)."""
         now, clock = utc_now(), time.time()
         with self._conn:

@@ -132,8 +132,8 @@ def test_signed_webhook_alert_explains_itself_and_arrives_once_despite_two_500s(
         log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET",
                                     rules=[{"tags": ["bridges"], "query": "council"}])])
         article = _article(1, tags={"bridges": {"bridge": 1}})
-        log.accept([article])
-        log.accept([article])  # redelivered by the bus
+        log.write([article])
+        log.write([article])  # redelivered by the bus
         wait_for(lambda: hook.accepted, 10, "the alert delivered")
         assert log.settle(5)
         assert hook.answers == [500, 500, 200]
@@ -150,7 +150,7 @@ def test_signed_webhook_alert_explains_itself_and_arrives_once_despite_two_500s(
 def test_client_errors_are_not_retried_failures_are_visible_and_replayable(open_log):
     with WebhookReceiver(["s3cret"], statuses=[404]) as hook:
         log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET")])
-        log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
+        log.write([_article(1, tags={"bridges": {"bridge": 1}})])
         wait_for(lambda: log.status()["failed"], 10, "the delivery marked failed")
         [failed] = log.status()["failed"]
         assert "404" in failed["error"] and failed["attempts"] == 1
@@ -164,7 +164,7 @@ def test_client_errors_are_not_retried_failures_are_visible_and_replayable(open_
 def test_retry_after_is_honoured(open_log):
     with WebhookReceiver(["s3cret"], statuses=[429], retry_after="30") as hook:
         log = open_log([_subscriber("ops", hook.url, secret_env="HOOK_SECRET")])
-        log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
+        log.write([_article(1, tags={"bridges": {"bridge": 1}})])
         wait_for(lambda: log.status()["retrying"], 10, "the first attempt refused")
         with log._lock:
             wait = log._db.execute("SELECT next_at FROM deliveries").fetchone()[0] - time.time()
@@ -175,7 +175,7 @@ def test_a_hanging_receiver_does_not_hold_up_other_subscribers(open_log):
     with WebhookReceiver(["s3cret"], delay=3) as slow, WebhookReceiver(["s3cret"]) as fast:
         log = open_log([_subscriber("slow", slow.url, secret_env="HOOK_SECRET"),
                         _subscriber("fast", fast.url, secret_env="HOOK_SECRET", rules=[{"query": "bridge"}])])
-        log.accept([_article(n, tags={"bridges": {"bridge": 1}}, text=f"{STORY} Item {n}.") for n in range(6)])
+        log.write([_article(n, tags={"bridges": {"bridge": 1}}, text=f"{STORY} Item {n}.") for n in range(6)])
         started = time.monotonic()
         wait_for(lambda: len(fast.accepted) >= 1, 2, "the fast subscriber's first alert")
         assert time.monotonic() - started < 2
@@ -185,7 +185,7 @@ def test_a_pending_retry_survives_a_restart(open_log):
     with WebhookReceiver(["s3cret"], statuses=[503]) as hook:
         subscriber = _subscriber("ops", hook.url, secret_env="HOOK_SECRET")
         log = open_log([subscriber], settings=AlertSettings(backoff_initial=1, backoff_max=1))
-        log.accept([_article(1, tags={"bridges": {"bridge": 1}})])
+        log.write([_article(1, tags={"bridges": {"bridge": 1}})])
         wait_for(lambda: log.status()["retrying"], 10, "a failed first attempt")
         log.close(drain=0)  # stopped before the retry is due
         again = open_log([subscriber])
@@ -202,8 +202,8 @@ def test_the_same_story_under_two_urls_alerts_once(open_log, tmp_path):
     other = _article(3, language="fr", tags={"nato": {"OTAN": 1}}, text=extract_html(decode_html(
         demo_page("intelligence-artificielle-hopitaux-securite"))[0]).text + " L'OTAN n'est pas concernée.")
     assert resemblance(sketch(first.text), sketch(retold.text)) >= 0.4 > resemblance(sketch(first.text), sketch(other.text))
-    log.accept([first])
-    log.accept([retold, other])
+    log.write([first])
+    log.write([retold, other])
     assert log.settle(5)
     lines = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert sorted(a["items"][0]["id"] for a in lines) == sorted([first.id, other.id])
@@ -220,7 +220,7 @@ def test_a_burst_beyond_the_rate_limit_goes_into_one_digest(open_log, tmp_path):
     burst = [_article(n, tags={"bridges": {"bridge": 1}}, text=f"Dispatch number {n}: " + " ".join(
         f"w{n}x{k}" for k in range(30))) for n in range(500)]
     for start in range(0, 500, 50):
-        log.accept(burst[start:start + 50])
+        log.write(burst[start:start + 50])
     assert log.settle(10)
     out = tmp_path / "alerts.jsonl"
     immediate = [json.loads(line) for line in out.read_text().splitlines()]
@@ -243,7 +243,7 @@ def test_a_restart_in_the_middle_of_a_digest_loses_nothing_and_sends_nothing_twi
         subscriber = _subscriber("morning", hook.url, secret_env="HOOK_SECRET", mode="digest",
                                  digest={"every": "daily", "at": "08:00", "timezone": "UTC"})
         log = open_log([subscriber], clock=clock, start=False)
-        log.accept([_article(n, tags={"bridges": {"bridge": 1}}, text=f"Item {n}: " + " ".join(
+        log.write([_article(n, tags={"bridges": {"bridge": 1}}, text=f"Item {n}: " + " ".join(
             f"v{n}y{k}" for k in range(30))) for n in range(5)])
         clock.now += 3600  # 08:00
         log.dispatch()  # the digest is made, its first send gets 503 ...
@@ -251,7 +251,7 @@ def test_a_restart_in_the_middle_of_a_digest_loses_nothing_and_sends_nothing_twi
         log.close(drain=0)  # ... and the process stops before the retry
 
         again = open_log([subscriber], clock=clock, start=False)
-        again.accept([_article(9, tags={"bridges": {"bridge": 1}}, text="Late item: " + " ".join(
+        again.write([_article(9, tags={"bridges": {"bridge": 1}}, text="Late item: " + " ".join(
             f"z{k}" for k in range(30)))])  # after the digest was made: the next one
         clock.now += 60
         again.dispatch()
@@ -321,7 +321,7 @@ def test_under_load_every_alert_is_sent_exactly_once(open_log):
         articles = [_article(n, tags={"bridges": {"bridge": 1}}, text=f"Story {n}: " + " ".join(
             f"u{n}q{k}" for k in range(30))) for n in range(200)]
         for start in range(0, 200, 10):
-            log.accept(articles[start:start + 10])
+            log.write(articles[start:start + 10])
         wait_for(lambda: len(hook.accepted) >= 200, 30, "200 alerts")
         assert log.settle(5)
         assert sorted(a["items"][0]["id"] for a in hook.accepted) == sorted(a.id for a in articles)
@@ -332,7 +332,7 @@ def test_atom_feed_per_subscriber_reads_in_a_feed_reader(open_log):
     log = open_log([_subscriber("desk", "file://alerts.jsonl")])
     articles = [_article(n, tags={"bridges": {"bridge": 1}}, title=f"Bridge <{n}> & co", text=f"Story {n}: " + " ".join(
         f"a{n}b{k}" for k in range(30)) + " bridge") for n in range(3)]
-    log.accept(articles)
+    log.write(articles)
     raw = log.atom("desk")
     parsed = feedparser.parse(raw)
     assert not parsed.bozo and parsed.feed.title == "newsmon alerts for desk"

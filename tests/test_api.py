@@ -126,7 +126,7 @@ def _article(n: int, text: str, *, title: str = "", source: str = "Wire") -> Art
 def test_export_memory_stays_constant_however_many_rows(tmp_path):
     index = SqliteIndex(tmp_path / "index.db")
     for start in range(0, 6000, 1000):  # distinct texts (no story grouping work): 2 KB each
-        index.upsert_many([_article(n, "harbour " + " ".join(f"w{n}x{k}" for k in range(250)))
+        index.write([_article(n, "harbour " + " ".join(f"w{n}x{k}" for k in range(250)))
                            for n in range(start, start + 1000)])
     reader = SqliteIndex(tmp_path / "index.db")
 
@@ -157,7 +157,7 @@ def test_near_duplicates_are_one_hit_and_count_once(tmp_path, config_dir):
     first, second, third = (_article(1, story, title="NATO frigates to dock at Ellis", source="Ellis Post"),
                             _article(2, copy, title="Frigates due in Ellis port", source="Wire"),
                             _article(3, other, title="Cycling lane approved"))
-    index.upsert_many([first, second, third])
+    index.write([first, second, third])
     index.close()
     app = create_app(config.load(config_dir, tmp_path / "data"))
     with TestClient(app) as client:
@@ -280,7 +280,7 @@ def test_no_input_makes_a_server_error(demo_app):
 
 def test_repeated_searches_are_answered_from_the_cache_until_the_index_changes(tmp_path, config_dir, monkeypatch):
     index = SqliteIndex(tmp_path / "data" / "index.db")
-    index.upsert_many([_article(1, "Harbour dredging resumes on the northern channel.")])
+    index.write([_article(1, "Harbour dredging resumes on the northern channel.")])
     computed = []
     search = SqliteIndex.search
     monkeypatch.setattr(SqliteIndex, "search", lambda self, *a, **kw: computed.append(a) or search(self, *a, **kw))
@@ -289,7 +289,7 @@ def test_repeated_searches_are_answered_from_the_cache_until_the_index_changes(t
         assert client.get("/api/search", params={"q": "harbour"}).json() == first and len(computed) == 1
         client.get("/api/search", params={"q": "harbour", "page": 2})
         assert len(computed) == 2  # another page is another answer
-        index.upsert_many([_article(2, "The harbour master retires after forty years.")])
+        index.write([_article(2, "The harbour master retires after forty years.")])
         after = client.get("/api/search", params={"q": "harbour"}).json()
         assert len(computed) == 3 and after["total"] == first["total"] + 1  # never a stale answer
     index.close()

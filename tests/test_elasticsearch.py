@@ -91,11 +91,11 @@ def test_refuses_an_unsupported_version_with_the_reason(make_settings):
 def test_reindexing_updates_the_same_document_in_the_same_monthly_index(fake):
     index = EsIndex(_settings(fake)).connect()
     first = [_article(n) for n in range(3)]
-    assert index.upsert_many(first) == []
+    assert index.write(first) == []
     again = [_article(n, text="Updated: the council met again.") for n in range(3)]
     for article in again:
         article.fetched = "2026-07-09T10:00:00Z"  # re-fetched months later: same index, decided by the article
-    assert index.upsert_many(again) == []
+    assert index.write(again) == []
     docs = fake.documents()
     assert sorted(docs) == sorted(("newsmon-articles-2026.02", a.id) for a in first)
     assert all(doc["text"].startswith("Updated") for doc in docs.values())
@@ -112,7 +112,7 @@ def test_monthly_index_comes_from_the_article_not_the_clock():
 def test_bulk_batches_respect_the_document_and_byte_caps(fake):
     index = EsIndex(_settings(fake, bulk_docs=10, bulk_bytes=20_000)).connect()
     articles = [_article(n, text="word " * 600) for n in range(25)]  # ~3 KB each
-    assert index.upsert_many(articles) == []
+    assert index.write(articles) == []
     sizes = [size for _, _, size in _bulk_requests(fake)]
     assert len(fake.documents()) == 25
     assert len(sizes) >= 4 and max(sizes) <= 20_000
@@ -121,7 +121,7 @@ def test_bulk_batches_respect_the_document_and_byte_caps(fake):
 def test_whole_request_429_and_503_are_retried_with_backoff(fake):
     fake.bulk_statuses = [429, 503, 503]
     index = EsIndex(_settings(fake)).connect()
-    assert index.upsert_many([_article(n) for n in range(5)]) == []
+    assert index.write([_article(n) for n in range(5)]) == []
     assert len(fake.documents()) == 5
     assert len(_bulk_requests(fake)) == 4
     assert index.health() is None
@@ -137,7 +137,7 @@ def test_partial_bulk_failure_retries_the_retriable_and_rejects_the_mapping_erro
         bus.publish(TAGGED, article.id, article.to_json())
     bus.flush()
     index = EsIndex(_settings(fake)).connect()
-    stage = Stage("index", TAGGED, deliver=index.upsert_many)
+    stage = Stage("index", TAGGED, sink=index)
     consumer = bus.consumer("index", [TAGGED])
     result = process_batch(stage, bus, consumer, max_records=50)
     assert (result.consumed, result.produced, result.failed) == (6, 5, 1)
@@ -216,7 +216,7 @@ def test_elasticsearch_down_during_a_stream_loses_nothing_and_keeps_memory_bound
 
 def test_search_backend_features(fake):
     index = EsIndex(_settings(fake)).connect()
-    index.upsert_many([
+    index.write([
         _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés parlent de sécurité et de défense.",
                  tags=["nato"], published="2026-02-12T16:45:00Z"),
         _article(2, language="en", title="Harbour budget", text="The council approved the harbour budget.",
@@ -253,7 +253,7 @@ def test_search_backend_features(fake):
 def test_query_syntax_cannot_inject(fake):
     """Backend syntax in a query is plain text: the request carries only structured clauses."""
     index = EsIndex(_settings(fake)).connect()
-    index.upsert_many([_article(1, text="The council met."), _article(2, text="Budget cuts.")])
+    index.write([_article(1, text="The council met."), _article(2, text="Budget cuts.")])
     for hostile in ['text:* OR _id:*', '{"match_all": {}}', "council) | (budget~2"]:
         assert index.search(hostile).total <= 1, hostile
     # Punctuation alone has no words to match: it browses everything, like the empty query does.
@@ -313,9 +313,9 @@ def test_writer_starts_while_elasticsearch_is_down_and_reports_unhealthy(fake, m
     index = open_index(settings)
     assert "ConnectError" in index.health()
     with pytest.raises(SinkUnavailable):
-        index.upsert_many([_article(1)])
+        index.write([_article(1)])
     fake.start(fake.port)
-    assert index.upsert_many([_article(1)]) == []
+    assert index.write([_article(1)]) == []
     assert index.health() is None and index.product.startswith("Elasticsearch")
     index.close()
 
@@ -346,7 +346,7 @@ def _story_articles(copy_published: str = "2026-02-12T10:00:00Z") -> tuple[Artic
 def test_near_duplicates_are_one_hit_and_count_once(fake, tmp_path):
     index = EsIndex(_settings(fake), stories=tmp_path / "stories.db").connect()
     first, copy, other = _story_articles()
-    assert index.upsert_many([first, copy, other]) == []
+    assert index.write([first, copy, other]) == []
     assert {doc["id"]: doc["story"] for doc in fake.documents().values()} == {
         first.id: first.id, copy.id: first.id, other.id: other.id}
 
@@ -370,7 +370,7 @@ def test_near_duplicates_are_one_hit_and_count_once(fake, tmp_path):
     # The sketches outlive the process: a copy indexed after a restart still joins its story.
     again = EsIndex(_settings(fake), stories=tmp_path / "stories.db").connect()
     late = _article(4, title="Ellis awaits NATO frigates", text=TRIMMED_COPY + " Ferries run as usual.")
-    again.upsert_many([late])
+    again.write([late])
     assert again.story(late.id)[0] == first.id
     assert again.search("frigates").total == 1
     again.close()
@@ -379,7 +379,7 @@ def test_near_duplicates_are_one_hit_and_count_once(fake, tmp_path):
 def test_timeline_counts_stories_per_day(fake):
     index = EsIndex(_settings(fake)).connect()
     first, copy, other = _story_articles(copy_published="2026-02-13T07:00:00Z")
-    index.upsert_many([first, copy, other])
+    index.write([first, copy, other])
     result = index.search("", sort="date")
     assert result.total == 2
     # A story counts on each day it has an article (SQLite: on its first day only, see EsIndex.search).
@@ -392,7 +392,7 @@ def test_export_streams_every_match_across_search_after_pages(fake):
     index = EsIndex(_settings(fake, bulk_docs=500)).connect()
     count = 2_500
     for start in range(0, count, 500):  # distinct texts: every article its own story
-        index.upsert_many([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
+        index.write([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
                                     published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
                            for n in range(start, start + 500)])
     fake.requests.clear()
@@ -426,7 +426,7 @@ def test_documents_from_before_stories_become_their_own_story(fake):
     """An install from before stories: the writer adds the field to existing indices and backfills it."""
     index = EsIndex(_settings(fake)).connect()
     old = [_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
-    index.upsert_many(old)
+    index.write(old)
     for doc in fake.documents().values():
         del doc["story"], doc["__indexed"]["story"]
     before = index.search("harbour")
@@ -448,7 +448,7 @@ def test_the_api_over_elasticsearch(fake, make_settings):
     settings = make_settings(**{"elasticsearch": {"url": fake.url}})
     writer = open_index(settings)
     first, copy, other = _story_articles()
-    assert writer.upsert_many([first, copy, other]) == []
+    assert writer.write([first, copy, other]) == []
     writer.close()
     assert (settings.data_dir / "stories.db").exists()
 

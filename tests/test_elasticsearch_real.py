@@ -83,11 +83,11 @@ def test_connects_and_installs_the_template_idempotently(prefix):
 
 def test_reindexing_updates_never_duplicates(prefix):
     index = EsIndex(_settings(index_prefix=prefix)).connect()
-    assert index.upsert_many([_article(n) for n in range(3)]) == []
+    assert index.write([_article(n) for n in range(3)]) == []
     again = [_article(n, text="Updated: the council met again.") for n in range(3)]
     for article in again:
         article.fetched = "2026-07-09T10:00:00Z"
-    assert index.upsert_many(again) == []
+    assert index.write(again) == []
     assert sorted(_stored_ids(index)) == sorted(a.id for a in again)
     assert all(h.article.text.startswith("Updated") for h in index.search("council", limit=10).hits)
     index.close()
@@ -101,7 +101,7 @@ def test_mapping_error_goes_to_dead_letters_and_the_rest_is_indexed(prefix, tmp_
         bus.publish(TAGGED, article.id, article.to_json())
     bus.flush()
     index = EsIndex(_settings(index_prefix=prefix)).connect()
-    result = process_batch(Stage("index", TAGGED, deliver=index.upsert_many), bus,
+    result = process_batch(Stage("index", TAGGED, sink=index), bus,
                            bus.consumer("index", [TAGGED]), max_records=50)
     assert (result.consumed, result.produced, result.failed) == (4, 3, 1)
     assert sorted(_stored_ids(index)) == sorted(a.id for n, a in enumerate(articles) if n != 1)
@@ -113,7 +113,7 @@ def test_mapping_error_goes_to_dead_letters_and_the_rest_is_indexed(prefix, tmp_
 
 def test_language_analyzers_folding_and_search_features(prefix):
     index = EsIndex(_settings(index_prefix=prefix)).connect()
-    index.upsert_many([
+    index.write([
         _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés promettent une aide militaire.",
                  tags=["nato"], published="2026-02-12T16:45:00Z"),
         _article(2, language="en", title="Harbour budget", text="The councils approved the harbour budgets.",
@@ -231,7 +231,7 @@ def test_stories_collapse_with_their_copies_and_count_once(prefix, tmp_path):
     """collapse on story, the story's articles as inner hits, cardinality counts (total, facets, timeline)."""
     index = EsIndex(_settings(index_prefix=prefix), stories=tmp_path / "stories.db").connect()
     first, copy, other = _story_articles(copy_published="2026-02-13T07:00:00Z")
-    assert index.upsert_many([first, copy, other]) == []
+    assert index.write([first, copy, other]) == []
     _refreshed(index)
     result = index.search("frigates OR cycling")
     assert (result.total, result.articles, len(result.hits)) == (2, 3, 2)
@@ -253,7 +253,7 @@ def test_export_pages_through_search_after(prefix):
     index = EsIndex(_settings(index_prefix=prefix, bulk_docs=500)).connect()
     count = 2_500  # three pages, and more than from/size could reach with a small max_result_window
     for start in range(0, count, 500):
-        index.upsert_many([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
+        index.write([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
                                     published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
                            for n in range(start, start + 500)])
     _refreshed(index)

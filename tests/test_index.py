@@ -20,7 +20,7 @@ def _article(slug, title, text, language="fr", source="Le Site", tags=(), publis
 @pytest.fixture
 def index(tmp_path):
     idx = SqliteIndex(tmp_path / "index.db")
-    idx.upsert_many([
+    idx.write([
         _article("otan", "Les alliés de l'OTAN", "Pour la sécurité des États-Unis et de l'Europe, Arctic Sentry.",
                  tags=["nato", "security"]),
         _article("climat", "Le climat change", "Le réchauffement climatique menace la sécurité alimentaire.",
@@ -62,14 +62,14 @@ def test_query_syntax_phrase_or_exclusion_prefix(index):
 
 
 def test_title_matches_rank_above_body_matches(index):
-    index.upsert_many([_article("body-only", "Autre sujet", "On parle aussi de l'OTAN ici, une fois.")])
+    index.write([_article("body-only", "Autre sujet", "On parle aussi de l'OTAN ici, une fois.")])
     assert _titles(index.search("otan"))[0] == "Les alliés de l'OTAN"
 
 
 def test_reindexing_updates_in_place(index):
     before = index.count()
     original = index.get(article_id("https://example.org/otan"))
-    index.upsert_many([replace(original, title="Titre corrigé", tags=[TagHit("ukraine", {"Ukraine": 1}, [])])])
+    index.write([replace(original, title="Titre corrigé", tags=[TagHit("ukraine", {"Ukraine": 1}, [])])])
     assert index.count() == before
     assert index.search("corrige").total == 1
     assert index.search("alliés", Filters(languages=["fr"])).total == 0
@@ -106,11 +106,11 @@ def test_whole_index_counts_kept_while_indexing_equal_counting_every_article(ind
     counting every article gives (the general search path) and what a recount from scratch gives,
     through copies joining a story and re-indexed articles whose language, source and tags changed."""
     copy = STORY.replace(" The mayor welcomed the visit and promised minimal disruption to the ferries.", "")
-    index.upsert_many([_article("ellis", "Frigates at Ellis", STORY, language="en", source="Ellis Post",
+    index.write([_article("ellis", "Frigates at Ellis", STORY, language="en", source="Ellis Post",
                                 tags=["nato", "ukraine"], published="2026-02-10T08:00:00Z"),
                        _article("ellis-wire", "Frigates due in Ellis", copy, language="en", source="Wire",
                                 tags=["nato"], published="2026-02-12T07:00:00Z")])
-    index.upsert_many([_article("econ", "Inflation slows", "The central bank kept interest rates on hold.",
+    index.write([_article("econ", "Inflation slows", "The central bank kept interest rates on hold.",
                                 language="de", source="Other Paper", tags=["elections"]),  # re-indexed, changed
                        _article("ellis-wire", "Frigates due in Ellis", copy, language="en", source="Wire",
                                 tags=["security"], published="2026-02-12T07:00:00Z")])
