@@ -3,10 +3,10 @@
 Feed and page URLs come from third parties, so every request is treated as
 hostile by default:
 - only http and https;
-- the host is resolved here and every address is checked against the policy
-  (no loopback, private, link-local, metadata or other non-global address unless
-  the operator allow-lists it); the connection goes to the address that was
-  checked, so DNS rebinding cannot swap it afterwards;
+- the host is resolved and every address checked against the address policy
+  (``newsmon.net``: no loopback, private, link-local, metadata or other non-global
+  address unless the operator allow-lists it); the connection goes to the address
+  that was checked, so DNS rebinding cannot swap it afterwards;
 - redirects are followed one hop at a time, each hop checked again, with a
   limit and loop detection;
 - connect/read timeouts, a total deadline, and a size cap applied while
@@ -22,102 +22,21 @@ politeness budget.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-import httpcore
 import httpx
-from httpcore._backends.anyio import AnyIOBackend
 
 from newsmon import __version__
 from newsmon.errors import AddressRefused, FetchError
+from newsmon.net import AddressPolicy, GuardedAsyncBackend, guarded_transport
 from newsmon.retry import retriable_status, retry_after_seconds
 from newsmon.settings import FetchSettings
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class AddressPolicy:
-    """Which resolved addresses requests may connect to: global ones, plus the allow-list."""
-
-    allow: tuple[Network, ...] = ()
-
-    @classmethod
-    def from_strings(cls, cidrs: Iterable[str]) -> AddressPolicy:
-        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
-
-    def refusal(self, address: str) -> str | None:
-        """Why ``address`` may not be contacted, or None if it may."""
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-        if any(ip in net for net in self.allow):
-            return None
-        if not ip.is_global:
-            return f"address {ip} is not public (loopback, private, link-local or reserved) and is not allow-listed"
-        return None
-
-
-def _vetted_address(host: str, infos: list, policy: AddressPolicy, port: int) -> str:
-    """The first resolved address the policy accepts; AddressRefused naming every reason otherwise."""
-    reasons = []
-    for *_, sockaddr in infos:
-        reason = policy.refusal(sockaddr[0])
-        if reason is None:
-            return sockaddr[0]
-        reasons.append(reason)
-    raise AddressRefused(f"{host}:{port}", "; ".join(sorted(set(reasons))))
-
-
-class _GuardedBackend(httpcore.SyncBackend):
-    """Resolves the host itself and connects only to an address the policy accepts."""
-
-    def __init__(self, policy: AddressPolicy):
-        self.policy = policy
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        # Connect to the vetted address, not the name: no second DNS answer can redirect us.
-        address = _vetted_address(host, infos, self.policy, port)
-        return super().connect_tcp(address, port, timeout, local_address, socket_options)
-
-
-class _GuardedAsyncBackend(AnyIOBackend):
-    """The same guard for the asyncio fetcher: the event loop's resolver, every address checked,
-    the connection made to the vetted address (TLS still verifies and sends SNI for the name)."""
-
-    def __init__(self, policy: AddressPolicy):
-        self.policy = policy
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        try:
-            async with asyncio.timeout(timeout):
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"resolving {host} took longer than {timeout} s") from None
-        address = _vetted_address(host, infos, self.policy, port)
-        return await super().connect_tcp(address, port, timeout, local_address, socket_options)
-
-
-def _guarded_transport(policy: AddressPolicy) -> httpx.HTTPTransport:
-    transport = httpx.HTTPTransport(retries=0)
-    # httpx has no public parameter for httpcore's network backend; the pool exposes it as this attribute
-    # (pinned httpx<0.29; tests/test_http_safety.py fails if the hook stops working).
-    transport._pool._network_backend = _GuardedBackend(policy)
-    return transport
 
 
 class _PoolPerOrigin(httpx.AsyncBaseTransport):
@@ -139,7 +58,7 @@ class _PoolPerOrigin(httpx.AsyncBaseTransport):
                 retries=0, http2=True, verify=self.ssl_context,
                 limits=httpx.Limits(max_connections=self.per_host, max_keepalive_connections=self.per_host),
             )
-            pool._pool._network_backend = _GuardedAsyncBackend(self.policy)  # the hook of _guarded_transport
+            pool._pool._network_backend = GuardedAsyncBackend(self.policy)  # the hook of guarded_transport
             self._pools[origin] = pool
         return pool
 
@@ -360,7 +279,7 @@ class Fetcher:
         self.policy = AddressPolicy.from_strings(settings.allow_private)
         self.limits = HostLimits(settings.per_host, settings.host_delay)
         self.client = httpx.Client(
-            transport=_guarded_transport(self.policy),
+            transport=guarded_transport(self.policy),
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             headers={"User-Agent": _user_agent(settings)},
             follow_redirects=False,

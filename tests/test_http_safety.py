@@ -9,9 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import brotli
 import pytest
 
-from ingest.http import HTML_TYPES, AddressPolicy, Fetcher
+from ingest.http import HTML_TYPES, Fetcher
 from ingest.robots import RobotsRules
 from newsmon.errors import AddressRefused, FetchError
+from newsmon.net import AddressPolicy
 from newsmon.settings import FetchSettings
 from tests.conftest import NEWSMON
 from tests.sites import Page, TestSite
