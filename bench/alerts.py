@@ -31,8 +31,9 @@ from enrich.keywords import KeywordTagger  # noqa: E402
 from enrich.language import detect_language  # noqa: E402
 from ingest.extract import decode_html, extract_html  # noqa: E402
 from newsmon import settings as config  # noqa: E402
+from newsmon.app.runtime import run  # noqa: E402
+from newsmon.app.stages import TAGGED  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.pipeline import TAGGED, run  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 from sinks.alert_rules import RuleIndex, _evaluate, _Words  # noqa: E402
 from tests.receivers import WebhookReceiver  # noqa: E402
@@ -41,7 +42,7 @@ from tests.receivers import WebhookReceiver  # noqa: E402
 def demo_articles(settings: config.Settings) -> list[Article]:
     tagger = KeywordTagger(settings.topics)
     out = []
-    for page in sorted((REPO / "newsmon" / "demo_site" / "articles").glob("*.html")):
+    for page in sorted((REPO / "newsmon" / "app" / "demo_site" / "articles").glob("*.html")):
         url = f"https://news.example.org/{page.name}"
         extracted = extract_html(decode_html(page.read_bytes())[0], url=url)
         article = Article(id=article_id(url), url=url, canonical_url=url, feed_url="https://news.example.org/rss.xml",

@@ -32,9 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from newsmon import settings as config  # noqa: E402
+from newsmon.app.runtime import run  # noqa: E402
+from newsmon.app.stages import DISCOVERED, TAGGED  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
 from newsmon.kafka_bus import KafkaBus  # noqa: E402
-from newsmon.pipeline import DISCOVERED, TAGGED, run  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 
 
@@ -124,7 +125,7 @@ def main() -> None:
             consumed = sorted(r[1] for r in results)[len(results) // 2]
             print(f"{name:<10} {produced:>10.0f} {consumed:>17.0f}", flush=True)
 
-        site = REPO / "newsmon" / "demo_site" / "articles"
+        site = REPO / "newsmon" / "app" / "demo_site" / "articles"
         _Pages.pages = {p.name: p.read_bytes().replace(b"{{BASE_URL}}", b"http://127.0.0.1") for p in site.glob("*.html")}
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -152,7 +153,7 @@ def main() -> None:
             (cfg / f).write_text((REPO / "config" / f).read_text())
         (cfg / "pipeline.yaml").write_text(f"kafka:\n  prefix: '{prefix}e2e.'\n")
         env["NEWSMON_CONFIG_DIR"] = str(cfg)
-        procs = [subprocess.Popen([sys.executable, "-m", "newsmon.cli", "stage", s], env=env, stderr=subprocess.DEVNULL)
+        procs = [subprocess.Popen([sys.executable, "-m", "newsmon.app.cli", "stage", s], env=env, stderr=subprocess.DEVNULL)
                  for s in ("extract", "language", "tag", "index")]
         e2e = KafkaBus(url, prefix=f"{prefix}e2e.")
         try:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
-import multiprocessing
 import tempfile
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ingest.extract import decode_html, extract_html  # noqa: E402
+from newsmon.app.stages import TAGGED  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.pipeline import TAGGED  # noqa: E402
 from newsmon.record import Article, TagHit, article_id  # noqa: E402
 from newsmon.runner import Stage, process_batch  # noqa: E402
 from newsmon.settings import ElasticsearchSettings  # noqa: E402
@@ -49,7 +49,7 @@ from tests.fake_es import FakeEs  # noqa: E402
 
 
 def articles(count: int) -> list[Article]:
-    pages = sorted((REPO / "newsmon" / "demo_site" / "articles").glob("*.html"))
+    pages = sorted((REPO / "newsmon" / "app" / "demo_site" / "articles").glob("*.html"))
     extracted = [extract_html(decode_html(p.read_bytes())[0], url=f"https://news.example.org/{p.name}") for p in pages]
     out = []
     for n in range(count):

@@ -30,8 +30,9 @@ from enrich.keywords import KeywordTagger  # noqa: E402
 from ingest.extract import Extractor, decode_html, extract_html  # noqa: E402
 from ingest.http import FetchResult  # noqa: E402
 from newsmon import settings as config  # noqa: E402
+from newsmon.app.runtime import Progress, StageThreads, stage_executors  # noqa: E402
+from newsmon.app.stages import DISCOVERED, Resources, build_stages  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.pipeline import DISCOVERED, Progress, Resources, StageThreads, build_stages, stage_executors  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 from sinks.sqlite_index import SqliteIndex  # noqa: E402
 
@@ -43,12 +44,12 @@ class MemoryFetcher:
         self.pages = pages
 
     def get(self, url: str, **_) -> FetchResult:
-        return FetchResult(url, url, 200, httpx.Headers({"content-type": "text/html"}), self.pages[url], [], None)
+        return FetchResult(url, 200, httpx.Headers({"content-type": "text/html"}), self.pages[url], [], None)
 
 
 def load_pages(dirs: list[str]) -> list[tuple[str, bytes]]:
     if not dirs:
-        site = REPO / "newsmon" / "demo_site" / "articles"
+        site = REPO / "newsmon" / "app" / "demo_site" / "articles"
         return [(p.name, p.read_bytes().replace(b"{{BASE_URL}}", b"http://127.0.0.1:8765")) for p in sorted(site.glob("*.html"))]
     pages = []
     for d in dirs:
@@ -80,7 +81,8 @@ def pipeline_rate(pages: list[tuple[str, bytes]], count: int, extract_workers: i
         bus.publish(DISCOVERED, article_id(url), Article(id=article_id(url), url=url, canonical_url=url, feed_url="bench").to_json())
     bus.flush()
     extractor = Extractor(settings.pipeline.extract)
-    res = Resources(bus, None, MemoryFetcher(memory), extractor, SqliteIndex(data / "index.db"), KeywordTagger(settings.topics))
+    res = Resources(bus, fetcher=MemoryFetcher(memory), extractor=extractor, index=SqliteIndex(data / "index.db"),
+                    tagger=KeywordTagger(settings.topics))
     stages = build_stages(settings, res, ("extract", "language", "tag", "index"))  # issue #2's pipeline
     progress = Progress()
     with stage_executors(stages, settings) as executors:

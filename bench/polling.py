@@ -6,7 +6,7 @@ A local server (its own process) serves the feeds from ``--hosts`` loopback addr
 (127.1.x.y: distinct hosts to the fetcher, so per-host politeness applies as on the web):
 30 % answer 200 with 20 entries that are new every cycle, 50 % answer 304 once they have
 validators, 10 % are slow (1 s), 10 % fail (HTTP 500). The poller is newsmon's own
-(``poll_due``: the asyncio fetcher with its per-host limits, parsing in worker processes,
+(``ingest.poller.Poller``: the asyncio fetcher with its per-host limits, parsing in worker processes,
 the feed state in SQLite, every new entry published on the embedded bus).
 Cycle 1 is cold (no validators yet: every feed answers 200); cycle 2 is the steady state.
 Target (issue #8): a cycle of 10,000 feeds in under 30 s, peak RSS under 300 MB.
@@ -35,10 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.feeds import FeedStore  # noqa: E402
-from ingest.http import Fetcher  # noqa: E402
+from ingest.feed_store import FeedStore  # noqa: E402
+from ingest.poller import Poller  # noqa: E402
+from newsmon.app.stages import publisher  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.pipeline import Progress, Resources, close_parsers, open_parsers, poll_due  # noqa: E402
 from newsmon.settings import Feed, FetchSettings, PollSettings  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -207,33 +207,29 @@ def main() -> None:
           "apart, and stays small next to the poller's")
     sampler = _Sampler(exclude=server.pid)
     with tempfile.TemporaryDirectory() as tmp:
-        parsers = open_parsers(poll.parse_workers) if poll.parse_workers else None
-        res = Resources(SqliteBus(Path(tmp) / "queue.db"), FeedStore(Path(tmp) / "state.db"), Fetcher(fetch),
-                        parsers=parsers)
+        bus, store = SqliteBus(Path(tmp) / "queue.db"), FeedStore(Path(tmp) / "state.db")
+        poller = Poller(store, fetch, poll, publish=publisher(bus))
         print(f"\n{'cycle':<32} {'wall s':>7} {'CPU s: poller':>14} {'parsers':>8} {'server':>7} {'requests/s':>11} "
               f"{'new entries':>12} {'failed':>7} {'peak RSS MB':>12}")
         for cycle, label in ((1, "1 (cold: no validators yet)"), (2, "2 (steady: 304s, new entries)")):
             if cycle == 2:
                 import httpx
                 httpx.get(f"http://127.0.0.1:{port}/cycle")
-            progress = Progress()
             (own, workers), server_cpu = sampler.cpu(), _proc_stat(server.pid)[1]
             started = time.perf_counter()
-            poll_due(feeds, res, progress, force=True, poll_settings=poll)
+            report = poller.poll(feeds, force=True)
             wall = time.perf_counter() - started
             (own_after, workers_after), server_after = sampler.cpu(), _proc_stat(server.pid)[1]
             print(f"{label:<32} {wall:>7.1f} {own_after - own:>14.1f} {workers_after - workers:>8.1f} "
-                  f"{server_after - server_cpu:>7.1f} {progress.feeds_polled / wall:>11.0f} "
-                  f"{progress.discovered:>12,} {progress.feed_errors:>7,} {sampler.peak_kb / 1024:>12.0f}")
+                  f"{server_after - server_cpu:>7.1f} {report.polled / wall:>11.0f} "
+                  f"{report.discovered:>12,} {report.failed:>7,} {sampler.peak_kb / 1024:>12.0f}")
         sampler.stop()
         print(f"peak: RSS {sampler.peak_kb / 1024:.0f} MB summed over the poller ({sampler.peak_own_kb / 1024:.0f} MB) "
               f"and its descendants; PSS {sampler.peak_pss_kb / 1024:.0f} MB (shared pages counted once)")
         print("target: a cycle under 30 s, peak RSS under 300 MB (poller and its worker processes)")
-        if parsers:
-            close_parsers(parsers)
-        res.fetcher.close()
-        res.feeds.close()
-        res.bus.close()
+        poller.close()
+        store.close()
+        bus.close()
     server.terminate()
 
 

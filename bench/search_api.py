@@ -45,7 +45,7 @@ from newsmon.dates import to_iso  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 from sinks.sqlite_index import SqliteIndex  # noqa: E402
 
-SITE = REPO / "newsmon" / "demo_site"
+SITE = REPO / "newsmon" / "app" / "demo_site"
 QUERIES = [  # (label, parameters): what analysts type, with and without filters
     ("otan, lang=fr", {"q": "otan", "lang": "fr"}),
     ("securite", {"q": "securite"}),
@@ -229,7 +229,7 @@ def _server(data: Path, config_dir: Path):
     port = _free_port()
     env = {**os.environ, "NEWSMON_DATA_DIR": str(data), "NEWSMON_CONFIG_DIR": str(config_dir)}
     env.pop("NEWSMON_API_TOKEN", None)
-    server = subprocess.Popen([sys.executable, "-m", "newsmon.cli", "serve", "--port", str(port)], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "newsmon.app.cli", "serve", "--port", str(port)], env=env,
                               stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

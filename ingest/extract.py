@@ -31,7 +31,6 @@ class Extracted:
     date: str | None = None  # ISO 8601 as the page states it
     sitename: str = ""
     canonical_url: str | None = None
-    encoding: str = ""
     warnings: list[str] = field(default_factory=list)
 
 

@@ -144,7 +144,6 @@ class HostLimits:
 
 @dataclass
 class FetchResult:
-    url: str  # as requested
     final_url: str  # after redirects
     status: int
     headers: httpx.Headers
@@ -260,7 +259,7 @@ BODY_ERRORS = (httpx.TimeoutException, httpx.DecodingError, httpx.TransportError
 
 
 def _result(hops: _Hops, response: httpx.Response, content: bytes) -> FetchResult:
-    return FetchResult(hops.url, hops.current, response.status_code, response.headers, content, hops.redirects,
+    return FetchResult(hops.current, response.status_code, response.headers, content, hops.redirects,
                        response.charset_encoding, hops.statuses, response.http_version)
 
 

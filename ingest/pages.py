@@ -38,9 +38,8 @@ def fetch_and_extract(article: Article, fetcher: Fetcher, extractor: Extractor, 
     if robots is not None:
         robots.check(article.url)
     response = fetcher.get(article.url, accept_types=HTML_TYPES, retries=retries)
-    html, encoding, warnings = decode_html(response.content, response.charset)
+    html, _, warnings = decode_html(response.content, response.charset)
     extracted = extractor(html, response.final_url)
-    extracted.encoding = encoding
     extracted.warnings = warnings + extracted.warnings
     updated = apply_extraction(article, extracted)
     updated.final_url = response.final_url

@@ -27,7 +27,6 @@ _AGES = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 CONSUMED = Counter("newsmon_stage_consumed_records", "Records a stage took from its input topic", ["stage"])
 PRODUCED = Counter("newsmon_stage_produced_records", "Records a stage passed on (or its sink accepted)", ["stage"])
 FAILED = Counter("newsmon_stage_failed_records", "Records a stage sent to the dead letters", ["stage"])
-BATCH_ERRORS = Counter("newsmon_stage_batch_errors", "Batches that failed whole and will be retried", ["stage"])
 BATCH_SECONDS = Histogram("newsmon_stage_batch_seconds", "Time to process one batch, commit included", ["stage"],
                           buckets=_SECONDS)
 LAG = Gauge("newsmon_consumer_lag_records", "Records waiting on a stage's input topic (all partitions)",

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,13 +46,16 @@ class Sink(Protocol):
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """How worker processes start: forked from a clean server process that has the stages imported.
-
-    Never a plain fork of the runner, whose threads may hold locks at fork time.
+    """How worker processes start: forked from a clean server process (``preload_in_workers`` says
+    what it imports first). Never a plain fork of the runner, whose threads may hold locks at fork time.
     """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ingest.extract", "enrich.language", "enrich.keywords"])
-    return context
+    return multiprocessing.get_context("forkserver")
+
+
+def preload_in_workers(modules: Iterable[str]) -> None:
+    """Modules the worker server imports once, before it forks any worker, so that each worker starts
+    with them loaded (the application names its stages' modules). Effective until the server starts."""
+    worker_context().set_forkserver_preload(list(modules))
 
 
 @dataclass(frozen=True)

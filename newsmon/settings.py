@@ -305,10 +305,10 @@ def read_yaml(path: Path, model: type[_Model], required: bool) -> _Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(path, exc)) from None
+        raise ConfigError(describe(path, exc)) from None
 
 
-def _describe(path: Path, exc: ValidationError) -> str:
+def describe(path: Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
@@ -344,7 +344,7 @@ def load(config_dir: Path | None = None, data_dir: Path | None = None, overrides
     try:
         pipeline = PipelineSettings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(config_dir / "pipeline.yaml (with environment overrides)", exc)) from None
+        raise ConfigError(describe(config_dir / "pipeline.yaml (with environment overrides)", exc)) from None
     return Settings(
         config_dir=config_dir, data_dir=data_dir, pipeline=pipeline, feeds=feeds.feeds, topics=keywords.topics,
         subscribers=subscribers.subscribers,

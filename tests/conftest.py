@@ -11,9 +11,9 @@ import yaml
 from newsmon import settings as config
 
 REPO = Path(__file__).resolve().parent.parent
-SITE = REPO / "newsmon" / "demo_site"
+SITE = REPO / "newsmon" / "app" / "demo_site"
 EURONEWS_SLUG = "otan-ukraine-aide-35-milliards"
-NEWSMON = [sys.executable, "-m", "newsmon.cli"]
+NEWSMON = [sys.executable, "-m", "newsmon.app.cli"]
 
 
 def wait_for(predicate, timeout: float, what: str, *, every: float = 0.05, detail=None, ignore=()):

@@ -15,8 +15,8 @@ import yaml
 from enrich.keywords import KeywordTagger
 from enrich.language import detect_language
 from ingest.extract import decode_html, extract_html
+from newsmon.app.stages import open_alerts
 from newsmon.errors import ConfigError
-from newsmon.pipeline import open_alerts
 from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import AlertSettings, DigestSchedule, LanguageSettings, Subscriber, load
 from sinks.alert_rules import RuleIndex, _Words
@@ -312,6 +312,28 @@ def test_cli_add_list_test_status_remove(config_dir, tmp_path):
     assert cli("remove", "desk").returncode == 0
     assert cli("remove", "desk").returncode == 1
     assert yaml.safe_load((config_dir / "subscribers.yaml").read_text())["subscribers"] == []
+
+
+def test_cli_edits_keep_the_operators_comments_order_and_quoting(config_dir, tmp_path):
+    """subscribers.yaml as shipped (comments, flow mappings, quoted times): add then remove gives it back
+    byte for byte, and the added entry sits after the others."""
+    env = {"NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    path = config_dir / "subscribers.yaml"
+    shipped = path.read_text()
+    assert "# Alert subscribers" in shipped and 'at: "00:00"' in shipped  # what must survive
+
+    def cli(*args):
+        return subprocess.run(NEWSMON + ["alerts", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    assert cli("add", "night-desk", "--tag", "nato", "--channel", "file://night.jsonl").returncode == 0
+    edited = path.read_text()
+    assert edited.startswith(shipped.rstrip("\n")) and "  - name: night-desk" in edited
+    assert [s["name"] for s in yaml.safe_load(edited)["subscribers"]] == ["demo-desk", "night-desk"]
+    assert cli("add", "demo-desk", "--query", "Rutte", "--channel", "file://alerts.jsonl").returncode == 0
+    assert "# the demo's subscriber: NATO news in French" in path.read_text()  # a rule added under a comment
+    assert cli("remove", "night-desk").returncode == 0
+    lines = path.read_text().splitlines()
+    assert lines[:len(shipped.splitlines())] == shipped.splitlines() and lines[-1].strip() == "- query: Rutte"
 
 
 def test_under_load_every_alert_is_sent_exactly_once(open_log):

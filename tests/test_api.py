@@ -15,7 +15,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from newsmon import settings as config
-from newsmon.api import _csv_chunks, _ndjson_chunks, create_app
+from newsmon.app.api.app import create_app
+from newsmon.app.api.exports import csv_chunks, ndjson_chunks
 from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import SubscribersFile
 from sinks.sqlite_index import SqliteIndex
@@ -137,7 +138,7 @@ def test_export_memory_stays_constant_however_many_rows(tmp_path):
         tracemalloc.stop()
         return size, top
 
-    for chunks, text in ((_csv_chunks, False), (_ndjson_chunks, True)):
+    for chunks, text in ((csv_chunks, False), (ndjson_chunks, True)):
         peak(chunks, text, 1)  # warm up: first-use allocations are not the export's
         few_size, few_peak = peak(chunks, text, 2)  # 1,000 rows
         all_size, all_peak = peak(chunks, text, None)  # 6,000 rows

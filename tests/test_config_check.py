@@ -100,7 +100,7 @@ def test_unknown_topic_in_a_subscriber_rule_is_reported_as_the_alert_stage_would
     add_subscriber(config_dir, name="desk", channel="file://desk.jsonl", rules=[{"tags": ["nato", "natto"]}])
     assert problems(env) == [f"{config_dir / 'subscribers.yaml'}: rule desk/1: no topic 'natto' in keywords.yaml"]
 
-    from newsmon.pipeline import open_alerts
+    from newsmon.app.stages import open_alerts
 
     with pytest.raises(ConfigError) as refused:  # the alert stage refuses to start with the same words
         open_alerts(config.load(config_dir, tmp_path / "data"))

@@ -29,7 +29,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from newsmon.cli import main as cli
+from newsmon.app.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -330,7 +330,7 @@ def test_dockerignore_keeps_secrets_venv_and_data_out_and_lets_the_package_in():
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
     needed = ["pyproject.toml", project["project"]["readme"], "deploy/constraints.txt", "config/pipeline.yaml",
-              "config/feeds.yaml", "config/keywords.yaml", "newsmon/demo_site/rss.xml"]
+              "config/feeds.yaml", "config/keywords.yaml", "newsmon/app/demo_site/rss.xml"]
     needed += [f"{p}/__init__.py" for p in packages]
     for path in needed:
         assert in_build_context(path, rules), f"{path} is needed by the image build but left out by .dockerignore"

@@ -13,10 +13,11 @@ import tracemalloc
 
 import pytest
 
+from newsmon.app.runtime import run
+from newsmon.app.stages import TAGGED, open_index
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.dates import to_epoch
 from newsmon.errors import ConfigError, ServiceError, SinkUnavailable
-from newsmon.pipeline import TAGGED, open_index, run
 from newsmon.query import parse
 from newsmon.record import Article, TagHit, article_id
 from newsmon.runner import Stage, process_batch
@@ -443,7 +444,7 @@ def test_documents_from_before_stories_become_their_own_story(fake):
 def test_the_api_over_elasticsearch(fake, make_settings):
     from fastapi.testclient import TestClient
 
-    from newsmon.api import create_app
+    from newsmon.app.api.app import create_app
 
     settings = make_settings(**{"elasticsearch": {"url": fake.url}})
     writer = open_index(settings)

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from newsmon.app.stages import TAGGED
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.dates import to_epoch
-from newsmon.pipeline import TAGGED
 from newsmon.record import article_id
 from newsmon.runner import Stage, process_batch
 from newsmon.search import Filters

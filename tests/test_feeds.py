@@ -6,12 +6,15 @@ import time
 
 import pytest
 
-from ingest import feeds
-from ingest.feeds import FeedStore, due_feeds, parse_feed, poll_feed
+from ingest import poller
+from ingest.feed_store import FeedStore
+from ingest.feeds import parse_feed
+from ingest.poller import adapt_interval, due_feeds
 from newsmon.errors import FeedParseError
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.conftest import NEWSMON, write_feeds
 from tests.sites import Page, TestSite, rss
+from tests.support.polling import poll_once
 
 ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom"><title>Atom test</title><id>tag:test,2026:feed</id>
@@ -56,7 +59,7 @@ def test_conditional_get_and_seen_entries_across_restarts(tmp_path):
     with TestSite({"/feed.xml": Page(feed_body, headers={"Content-Type": "application/rss+xml", "ETag": '"v1"'})}) as site:
         feed = Feed(name="t", url=site.url("/feed.xml"))
         store = FeedStore(tmp_path / "state.db")
-        first = poll_feed(feed, _fetcher(), store)
+        first = poll_once(feed, _fetcher(), store)
         assert [a.title for a in first.new] == ["A", "B"]
         store.mark_seen(first.new)
 
@@ -67,13 +70,13 @@ def test_conditional_get_and_seen_entries_across_restarts(tmp_path):
         site.routes["/feed.xml"] = answer_304_if_validated
         store.close()
         store = FeedStore(tmp_path / "state.db")  # state survives a restart
-        second = poll_feed(feed, _fetcher(), store)
+        second = poll_once(feed, _fetcher(), store)
         assert second.not_modified and second.new == []
         assert site.requests[-1][1].get("If-None-Match") == '"v1"'
 
         # A changed feed with one old and one new entry: only the new one is emitted.
         site.routes["/feed.xml"] = Page(rss([("B", "{{BASE_URL}}/b.html"), ("C", "{{BASE_URL}}/c.html")]))
-        third = poll_feed(feed, _fetcher(), store)
+        third = poll_once(feed, _fetcher(), store)
         assert [a.title for a in third.new] == ["C"]
 
 
@@ -87,7 +90,7 @@ def test_conditional_get_and_seen_entries_across_restarts(tmp_path):
 def test_feed_failures_are_recorded_with_the_reason(tmp_path, page, reason):
     with TestSite({"/feed.xml": page}) as site:
         store = FeedStore(tmp_path / "state.db")
-        result = poll_feed(Feed(name="broken", url=site.url("/feed.xml")), _fetcher(), store)
+        result = poll_once(Feed(name="broken", url=site.url("/feed.xml")), _fetcher(), store)
         assert reason in result.error
         state = store.get(site.url("/feed.xml"))
         assert reason in state.last_error and state.failures == 1
@@ -101,13 +104,13 @@ def test_a_permanent_redirect_moves_the_feed_and_410_disables_it(tmp_path):
     with TestSite({"/old.xml": Page(b"", 301, headers={"Location": "/new.xml"}), "/new.xml": _feed_page()}) as site:
         feed = Feed(name="t", url=site.url("/old.xml"))
         store = FeedStore(tmp_path / "state.db")
-        assert [a.title for a in poll_feed(feed, _fetcher(), store).new] == ["A"]
+        assert [a.title for a in poll_once(feed, _fetcher(), store).new] == ["A"]
         assert store.get(feed.url).moved_to == site.url("/new.xml")
-        poll_feed(feed, _fetcher(), store)
+        poll_once(feed, _fetcher(), store)
         assert site.requests[-1][0] == "/new.xml"  # polled where it moved, without the redirect
 
         site.routes["/new.xml"] = Page(b"gone", 410)
-        result = poll_feed(feed, _fetcher(), store)
+        result = poll_once(feed, _fetcher(), store)
         state = store.get(feed.url)
         assert result.error == "HTTP 410" and state.disabled.startswith("HTTP 410 Gone")
         assert due_feeds([feed], store, now=time.time() + 10 ** 6) == []  # never polled again ...
@@ -122,15 +125,15 @@ def test_failing_feeds_back_off_exponentially_capped_and_honour_retry_after(tmp_
         settings = PollSettings(backoff_max=300)
         waits = []
         for _ in range(5):
-            poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+            poll_once(feed, _fetcher(), store, settings, now=1000.0)
             waits.append(store.get(feed.url).next_poll - 1000.0)
         assert waits == [60, 120, 240, 300, 300]
         assert due_feeds([feed], store, now=1299.0) == [] and due_feeds([feed], store, now=1300.0) == [feed]
         site.routes["/f.xml"] = Page(b"slow down", 429, headers={"Retry-After": "7200"})
-        poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+        poll_once(feed, _fetcher(), store, settings, now=1000.0)
         assert store.get(feed.url).next_poll == 1000.0 + 7200  # the server's wish beats the cap
         site.routes["/f.xml"] = _feed_page(**{"Cache-Control": "public, max-age=1800"})
-        poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+        poll_once(feed, _fetcher(), store, settings, now=1000.0)
         state = store.get(feed.url)
         assert (state.failures, state.next_poll) == (0, 1000.0 + 1800)  # max-age above the interval
 
@@ -139,10 +142,10 @@ def test_an_unchanged_body_is_not_parsed_again_and_conditional_get_can_be_off(tm
     with TestSite({"/f.xml": _feed_page(ETag='"v1"')}) as site:
         feed = Feed(name="t", url=site.url("/f.xml"), conditional=False)
         store = FeedStore(tmp_path / "state.db")
-        assert len(poll_feed(feed, _fetcher(), store).new) == 1
+        assert len(poll_once(feed, _fetcher(), store).new) == 1
         parses = []
-        monkeypatch.setattr(feeds, "parse_feed", lambda *a, **k: parses.append(a))
-        second = poll_feed(feed, _fetcher(), store)
+        monkeypatch.setattr(poller, "parse_feed", lambda *a, **k: parses.append(a))
+        second = poll_once(feed, _fetcher(), store)
         assert second.not_modified and parses == []
         assert "If-None-Match" not in site.requests[-1][1]  # this server answers 304 wrongly, say
 
@@ -200,16 +203,16 @@ def test_intervals_adapt_to_how_often_a_feed_publishes_within_bounds(tmp_path):
         intervals = []
         for n in range(6):  # a new entry at every poll: polled more and more often, down to 800 / 4
             site.routes["/f.xml"] = _feed_page([(f"S{n}", "{{BASE_URL}}" + f"/s{n}.html")])
-            store.mark_seen(poll_feed(feed, _fetcher(), store, settings, now=1000.0).new)
+            store.mark_seen(poll_once(feed, _fetcher(), store, settings, now=1000.0).new)
             intervals.append(store.get(feed.url).interval)
         assert intervals == [600, 450, 337.5, 253.125, 200, 200]
         quiet = []
         for _ in range(14):  # then nothing new: less and less often, up to 800 * 4
-            poll_feed(feed, _fetcher(), store, settings, now=1000.0)
+            poll_once(feed, _fetcher(), store, settings, now=1000.0)
             quiet.append(store.get(feed.url).interval)
         assert quiet[0] == 250 and quiet[-1] == 3200 and quiet == sorted(quiet)
         assert store.get(feed.url).next_poll == 1000.0 + 3200
     fixed = PollSettings(adapt_factor=1)
-    assert feeds.adapt_interval(feed, 800, True, fixed) == feeds.adapt_interval(feed, 800, False, fixed) == 800
+    assert adapt_interval(feed, 800, True, fixed) == adapt_interval(feed, 800, False, fixed) == 800
     often = Feed(name="t", url=feed.url, interval=20)  # below min_interval on purpose: still honoured
-    assert feeds.adapt_interval(often, 20, True, settings) == 20 and feeds.adapt_interval(often, 20, False, settings) == 25
+    assert adapt_interval(often, 20, True, settings) == 20 and adapt_interval(often, 20, False, settings) == 25

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from newsmon.app.stages import DISCOVERED, TAGGED
 from newsmon.bus import DEAD_LETTERS
 from newsmon.kafka_bus import KafkaBus
-from newsmon.pipeline import DISCOVERED, TAGGED
 from newsmon.record import Article, article_id
 from tests.conftest import EURONEWS_SLUG, NEWSMON, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss

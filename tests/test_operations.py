@@ -13,8 +13,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from newsmon import pipeline
-from newsmon.pipeline import run
+from newsmon.app import runtime
+from newsmon.app.runtime import run
 from newsmon.settings import ConfigWatch
 from sinks.sqlite_index import SqliteIndex
 from tests.conftest import NEWSMON, free_port, wait_for, write_feeds
@@ -86,7 +86,7 @@ def test_a_running_pipeline_serves_metrics_health_and_json_logs_and_reloads_on_s
 
 
 def test_readyz_follows_elasticsearch(make_settings, monkeypatch):
-    monkeypatch.setattr(pipeline._BusProbe, "every", 0.2)
+    monkeypatch.setattr(runtime.BusProbe, "every", 0.2)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     fake = FakeEs().start()

@@ -74,6 +74,9 @@ def opml_file(tmp_path: Path, text: str, name: str = "subscriptions.opml") -> Pa
 
 
 def test_import_merges_new_feeds_skips_known_and_names_invalid_outlines(env, config_dir, tmp_path):
+    mine = "# My feeds: keep this comment.\n" + (config_dir / "feeds.yaml").read_text().replace(
+        "feeds:\n", "feeds:  # the newsroom's list\n", 1)
+    (config_dir / "feeds.yaml").write_text(mine)
     source = opml_file(tmp_path, SUBSCRIPTIONS)
     result = newsmon(env, "feeds", "import", str(source), "--interval", "1800")
     assert result.returncode == 0, result.stderr
@@ -84,7 +87,8 @@ def test_import_merges_new_feeds_skips_known_and_names_invalid_outlines(env, con
                                      "'gopher://gopher.example.org/1/news' is not an http(s) URL: skipped")
 
     written = (config_dir / "feeds.yaml").read_text(encoding="utf-8")
-    assert written.startswith("# ") and "Süddeutsche Zeitung" in written  # unicode kept readable, not escaped
+    assert written.startswith(mine)  # the operator's file as it was, comments included, then the new feeds
+    assert "Süddeutsche Zeitung" in written  # unicode kept readable, not escaped
     assert yaml.safe_load(written)["feeds"] == EXISTING + [
         # Title when given, else text; the existing feeds are kept as they were.
         {"name": "Le Monde — International", "url": "https://www.lemonde.fr/international/rss_full.xml",

@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
+from newsmon.app.demo import DemoSite, demo_feeds
+from newsmon.app.runtime import run
+from newsmon.app.status import collect_stats
 from newsmon.bus import DEAD_LETTERS, SqliteBus
-from newsmon.cli import _collect_stats
-from newsmon.demo import DemoSite, demo_feeds
-from newsmon.pipeline import run
 from newsmon.record import Article
 from newsmon.search import Filters
 from newsmon.settings import Feed
@@ -125,7 +125,7 @@ def test_bad_feeds_and_pages_are_recorded_and_the_rest_goes_on(make_settings):
     assert progress.feed_errors == 5  # 404, 500, timeout, not XML, malformed; the empty feed is fine
 
     # `newsmon stats` shows each of them with its URL and reason.
-    stats = _collect_stats(settings)
+    stats = collect_stats(settings)
     reported = {(e["item"].rsplit("/", 1)[-1], e["reason"].split(":")[0]) for e in stats["recent_errors"]}
     assert {name for name, _ in reported} == set(errors) | {"404.xml", "500.xml", "slow.xml", "notxml.xml", "malformed.xml"}
     assert [w["item"].rsplit("/", 1)[-1] for w in stats["recent_warnings"]] == ["latin.html"]

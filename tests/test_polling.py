@@ -15,14 +15,17 @@ import brotli
 import pytest
 
 from ingest import feeds
-from ingest.feeds import FeedStore, due_feeds, parse_feed, poll_feed
+from ingest.feed_store import FeedState, FeedStore
+from ingest.feeds import parse_feed
 from ingest.http import AsyncFetcher, Fetcher
+from ingest.poller import Poller, due_feeds
+from newsmon.app.stages import DISCOVERED, publisher
 from newsmon.bus import SqliteBus
 from newsmon.errors import AddressRefused, FeedParseError, FetchError
-from newsmon.pipeline import DISCOVERED, Progress, Resources, close_parsers, open_parsers, poll_due
 from newsmon.settings import Feed, FetchSettings, PollSettings
 from tests.conftest import wait_for
 from tests.sites import Page, TestSite, rss
+from tests.support.polling import poll_once
 
 LOOPBACK = ["127.0.0.1/32"]
 
@@ -186,8 +189,11 @@ class _Meter:
                            headers={"Content-Type": "application/rss+xml"}))
 
 
-def _resources(tmp_path, fetch: FetchSettings) -> Resources:
-    return Resources(SqliteBus(tmp_path / "queue.db"), FeedStore(tmp_path / "state.db"), Fetcher(fetch))
+def _poller(tmp_path, fetch: FetchSettings, settings: PollSettings, fetcher: Fetcher | None = None):
+    """The poller as `newsmon run` opens it (publishing to the embedded bus), sharing ``fetcher``'s host budget."""
+    bus = SqliteBus(tmp_path / "queue.db")
+    return Poller(FeedStore(tmp_path / "state.db"), fetch, settings, publish=publisher(bus),
+                  limits=fetcher.limits if fetcher else None), bus
 
 
 @pytest.mark.slow
@@ -196,7 +202,8 @@ def test_feed_polls_and_article_fetches_share_one_per_host_budget(tmp_path):
     flight to the host, host_delay between any two starts; another host is not held up."""
     meter, quick_served = _Meter(), []
     fetch = FetchSettings(allow_private=["127.0.0.0/8"], per_host=2, host_delay=0.1)
-    res = _resources(tmp_path, fetch)
+    fetcher = Fetcher(fetch)
+    poller, bus = _poller(tmp_path, fetch, PollSettings(parse_workers=0), fetcher)
     with TestSite({f"/f{n}": meter for n in range(6)} | {f"/page{n}": meter for n in range(4)}) as busy, \
             TestSite({"/quick": lambda handler: (quick_served.append(time.monotonic()),
                                                  handler._send(Page(rss([("q", "/q.html")]))))},
@@ -204,12 +211,11 @@ def test_feed_polls_and_article_fetches_share_one_per_host_budget(tmp_path):
         feed_list = [Feed(name=f"f{n}", url=busy.url(f"/f{n}")) for n in range(6)]
         quick = Feed(name="quick", url=other.url("/quick"))
         with ThreadPoolExecutor(4) as pool:  # article pages fetched meanwhile, as the extract stage does
-            pages = [pool.submit(res.fetcher.get, busy.url(f"/page{n}")) for n in range(4)]
-            progress = Progress()
-            poll_due(feed_list + [quick], res, progress, poll_settings=PollSettings(parse_workers=0))
+            pages = [pool.submit(fetcher.get, busy.url(f"/page{n}")) for n in range(4)]
+            report = poller.poll(feed_list + [quick])
             assert all(page.result().status == 200 for page in pages)
-    assert (progress.feeds_polled, progress.feed_errors, progress.discovered) == (7, 0, 7)
-    assert res.bus.size(DISCOVERED) == 7
+    assert (report.polled, report.failed, report.discovered) == (7, 0, 7)
+    assert bus.size(DISCOVERED) == 7
     host = busy.base_url
     assert meter.max[host] == 2 and len(meter.starts[host]) == 10
     starts = sorted(meter.starts[host])
@@ -221,34 +227,32 @@ def test_feed_polls_and_article_fetches_share_one_per_host_budget(tmp_path):
 def test_poll_concurrency_caps_requests_in_flight_across_hosts(tmp_path):
     meter = _Meter(delay=0.2)
     fetch = FetchSettings(allow_private=["127.0.0.0/8"], per_host=2, host_delay=0)
-    res = _resources(tmp_path, fetch)
+    poller, _ = _poller(tmp_path, fetch, PollSettings(concurrency=3, parse_workers=0))
     sites = [TestSite({f"/f{n}": meter for n in range(4)}, host=f"127.0.0.{h}") for h in range(1, 6)]
     for s in sites:
         s.__enter__()
     try:
         feed_list = [Feed(name=f"{h}-{n}", url=s.url(f"/f{n}")) for h, s in enumerate(sites) for n in range(4)]
-        progress = Progress()
-        poll_due(feed_list, res, progress, poll_settings=PollSettings(concurrency=3, parse_workers=0))
+        report = poller.poll(feed_list)
     finally:
         for s in sites:
             s.__exit__(None, None, None)
-    assert progress.feeds_polled == 20 and progress.feed_errors == 0
+    assert report.polled == 20 and report.failed == 0
     assert meter.total_max == 3 and max(meter.max.values()) <= 2
 
 
 def test_one_broken_feed_never_blocks_the_others(tmp_path):
     with TestSite({"/ok.xml": Page(rss([("A", "{{BASE_URL}}/a.html")])), "/bad.xml": Page(b"<html>no</html>"),
                    "/down.xml": Page(b"", 503)}) as site:
-        res = _resources(tmp_path, FetchSettings(allow_private=LOOPBACK, host_delay=0))
-        res.parsers = open_parsers(1)  # parsed in a worker process, as in `newsmon run`
+        # Parsed in a worker process, as in `newsmon run`.
+        poller, _ = _poller(tmp_path, FetchSettings(allow_private=LOOPBACK, host_delay=0), PollSettings(parse_workers=1))
         feed_list = [Feed(name=n, url=site.url(f"/{n}.xml")) for n in ("bad", "down", "ok")]
-        progress = Progress()
         try:
-            poll_due(feed_list, res, progress)
+            report = poller.poll(feed_list)
         finally:
-            close_parsers(res.parsers)
-    states = res.feeds.states()
-    assert (progress.feeds_polled, progress.feed_errors, progress.discovered) == (3, 2, 1)
+            poller.close()
+    states = poller.store.states()
+    assert (report.polled, report.failed, report.discovered) == (3, 2, 1)
     assert "not a feed" in states[site.url("/bad.xml")].last_error
     assert states[site.url("/down.xml")].last_error == "HTTP 503"
 
@@ -256,7 +260,7 @@ def test_one_broken_feed_never_blocks_the_others(tmp_path):
 def test_due_feeds_reads_the_store_once_for_many_feeds(tmp_path):
     store = FeedStore(tmp_path / "state.db")
     many = [Feed(name=f"f{n}", url=f"https://feeds{n % 50}.example/{n}.xml") for n in range(10_000)]
-    store.save_many(feeds.FeedState(f.url, f.name, last_polled=1000.0, next_poll=1000.0 + n % 2 * 500)
+    store.save_many(FeedState(f.url, f.name, last_polled=1000.0, next_poll=1000.0 + n % 2 * 500)
                     for n, f in enumerate(many))
     statements = []
     store._conn.set_trace_callback(statements.append)
@@ -290,7 +294,7 @@ def test_entity_expansion_is_refused_before_any_parser_sees_the_document(tmp_pat
     assert [(a.title, a.canonical_url, a.source) for a in parsed.articles] == [("Été", "https://x.example/a.html", "Café")]
     with TestSite({"/lol.xml": Page(BILLION_LAUGHS, headers={"Content-Type": "application/rss+xml"})}) as site:
         store = FeedStore(tmp_path / "state.db")
-        result = poll_feed(Feed(name="lol", url=site.url("/lol.xml")), FetchSettings(allow_private=LOOPBACK), store)
+        result = poll_once(Feed(name="lol", url=site.url("/lol.xml")), FetchSettings(allow_private=LOOPBACK), store)
     assert "declares XML entities" in result.error and store.get(site.url("/lol.xml")).failures == 1
 
 
@@ -309,7 +313,7 @@ def test_a_huge_feed_is_cut_to_max_entries_before_parsing_with_the_reason(kind, 
     assert len(parsed.articles) == 500 and parsed.articles[-1].title == "t499" and parsed.warning is None
     assert parsed.skipped == ["99500 entries after the first 500 (poll.max_entries)"]
     with TestSite({"/big.xml": Page(doc.encode(), headers={"Content-Type": "application/xml"})}) as site:
-        result = poll_feed(Feed(name="big", url=site.url("/big.xml")),
+        result = poll_once(Feed(name="big", url=site.url("/big.xml")),
                            FetchSettings(allow_private=LOOPBACK, max_bytes=20_000_000), FeedStore(tmp_path / "s.db"),
                            PollSettings(max_entries=300))
     assert len(result.new) == 300 and "skipped 99700 entries after the first 300 (poll.max_entries)" in caplog.text

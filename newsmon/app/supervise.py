@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from newsmon.app.stages import STAGES
 from newsmon.bus import Bus
-from newsmon.pipeline import CONSUMED
 
 
 def start_stages(names: list[str], env: dict[str, str] | None = None) -> list[subprocess.Popen]:
     return [
-        subprocess.Popen([sys.executable, "-m", "newsmon.cli", "stage", name], env={**os.environ, **(env or {})})
+        subprocess.Popen([sys.executable, "-m", "newsmon.app.cli", "stage", name], env={**os.environ, **(env or {})})
         for name in names
     ]
 
@@ -35,7 +35,7 @@ def wait_until_drained(bus: Bus, names: list[str], procs: list[subprocess.Popen]
         dead = [p for p in procs if p.poll() is not None]
         if dead:
             raise RuntimeError(f"stage process {dead[0].args[-1]} exited with {dead[0].returncode}")
-        if all(bus.backlog(name, CONSUMED[name]) == 0 for name in names):
+        if all(bus.backlog(name, STAGES[name]) == 0 for name in names):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"the stages did not drain within {timeout:g} s")

@@ -1,0 +1,1 @@
+"""The analysts' HTTP API and web page (``newsmon serve``): ``app.create_app`` builds it."""

@@ -1,0 +1,3 @@
+from newsmon.app.cli import main
+
+main()
