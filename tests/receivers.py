@@ -13,7 +13,7 @@ from sinks.channels import verify_webhook
 class WebhookReceiver:
     """Records the alerts it accepts. ``statuses`` are answered first (e.g. [500, 500]), with
     ``retry_after`` if given, then 200; ``delay`` holds every answer that long. A bad signature
-    or a replayed request gets 401."""
+    or a replayed request gets 401. ``max_in_flight``: the most requests it was handling at once."""
 
     def __init__(self, secrets: list[str], statuses: list[int] | None = None, delay: float = 0.0,
                  retry_after: str | None = None):
@@ -22,6 +22,7 @@ class WebhookReceiver:
         self.arrived: list[float] = []  # time.time() of each accepted alert
         self.answers: list[int] = []  # every status answered
         self.seen: set[tuple[str, str]] = set()
+        self.in_flight = self.max_in_flight = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,6 +31,9 @@ class WebhookReceiver:
 
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    receiver.in_flight += 1
+                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 stamp, signature = self.headers.get("X-Newsmon-Timestamp", ""), self.headers.get("X-Newsmon-Signature", "")
@@ -44,6 +48,7 @@ class WebhookReceiver:
                         receiver.accepted.append(json.loads(body))
                         receiver.arrived.append(time.time())
                     receiver.answers.append(status)
+                    receiver.in_flight -= 1
                 self.send_response(status)
                 if status != 200 and receiver.retry_after:
                     self.send_header("Retry-After", receiver.retry_after)

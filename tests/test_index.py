@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 
 import pytest
@@ -87,12 +88,32 @@ def test_parse():
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list('ab "-*()OR:^\'NEAR{}+é\\.,')), max_size=30))
 def test_no_query_can_break_the_index(tmp_path_factory, query):
-    idx = _FUZZ_INDEX.setdefault("i", SqliteIndex(tmp_path_factory.mktemp("fuzz") / "i.db"))
+    """Whatever the query, the answer is a consistent one over the documents there are: no error, no
+    hit twice, no more hits than asked or matched, each hit a document that contains what the query
+    asks for (every word of a one-word query) and none that contains an excluded word."""
+    idx = _FUZZ_INDEX.get("i")
+    if idx is None:
+        idx = _FUZZ_INDEX["i"] = SqliteIndex(tmp_path_factory.mktemp("fuzz") / "i.db")
+        idx.write([_article(f"d{n}", title, text) for n, (title, text) in enumerate(_FUZZ_DOCS)])
     result = idx.search(query, limit=5)
-    assert result.total >= 0
+    ids = [hit.article.id for hit in result.hits]
+    assert 0 <= result.total <= len(_FUZZ_DOCS) and len(ids) == len(set(ids)) == min(5, result.total)
+    def words(text: str) -> list[str]:  # as the index tokenizes: letters and digits, case and accents folded
+        return re.findall(r"\w+", text.replace("é", "e").replace("É", "e").lower())
+
+    parsed = parse(query)
+    excluded = {w for t in parsed.excluded if not t.prefix and len(words(t.text)) == 1 for w in words(t.text)}
+    only = parsed.groups[0][0] if len(parsed.groups) == 1 and len(parsed.groups[0]) == 1 else None
+    for hit in result.hits:
+        found = set(words(f"{hit.article.title} {hit.article.text}"))
+        assert not excluded & found
+        if only is not None and len(words(only.text)) == 1:
+            (term,) = words(only.text)
+            assert any(w.startswith(term) for w in found) if only.prefix else term in found
 
 
 _FUZZ_INDEX: dict = {}
+_FUZZ_DOCS = [("a b", "a"), ("b", "ab a"), ("é", "b b b"), ("OR", "NEAR a"), ("ab", "ba")]
 
 
 STORY = ("The port authority of Ellis confirmed on Tuesday that three NATO frigates will dock next week to load "

@@ -1,3 +1,8 @@
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from enrich.keywords import KeywordTagger
 from newsmon.record import Article
 from newsmon.settings import Topic
@@ -67,5 +72,13 @@ def test_ten_thousand_keywords_still_find_the_right_ones():
     assert sorted(found) == ["t42", "t4999"]
 
 
-def test_fold_is_idempotent_on_plain_ascii():
-    assert fold("hello world").text == "hello world"
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("aAéÉßﬁ  \n\t'’-İ") + ["e\u0301"]), max_size=40).map("".join))
+def test_fold_is_idempotent_and_maps_positions_back_into_the_source(text):
+    folded = fold(text)
+    assert fold(folded.text).text == folded.text
+    positions = [folded.source_pos(i) for i in range(len(folded.text) + 1)]
+    assert positions == sorted(positions) and all(0 <= p <= len(text) for p in positions)
+    for word in re.finditer(r"[^ ]+", folded.text):  # what the tagger reports: a match's span in the source
+        source = text[folded.source_pos(word.start()):folded.source_pos(word.end())]
+        assert fold(source).text == word.group()
