@@ -120,7 +120,10 @@ class RuleIndex:
                     self._by_key[key].append(compiled)
                 self.rule_count += 1
 
-    def candidates(self, article: Article, words: _Words) -> list[_Compiled]:
+    def candidates(self, article: Article, words: _Words | None = None) -> list[_Compiled]:
+        """The rules this article could match (its tags and words are what they need); the others are
+        never evaluated."""
+        words = words or _Words(article)
         keys: list[tuple] = [("any",)]
         keys += [k for tag in article.tag_names for k in (("tag", tag), ("tag", tag, article.language))]
         keys += [("word", w) for w in words.unique]

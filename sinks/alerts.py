@@ -469,9 +469,9 @@ class AlertLog:
             failed = [{"subscriber": r["subscriber"], "delivery_id": r["id"], "article_id": r["article_id"],
                        "attempts": r["attempts"], "error": r["last_error"], "created": _iso(r["created"])}
                       for r in self._db.execute("SELECT * FROM deliveries WHERE state = 'failed' ORDER BY created")]
-            retrying = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND attempts > 0"
-                                        ).fetchone()[0]
-        return {"subscribers": counts, "failed": failed, "retrying": retrying}
+            retrying, next_retry = self._db.execute(
+                "SELECT COUNT(*), MIN(next_at) FROM deliveries WHERE state = 'pending' AND attempts > 0").fetchone()
+        return {"subscribers": counts, "failed": failed, "retrying": retrying, "next_retry": _iso(next_retry)}
 
     def replay(self, subscriber: str | None = None) -> int:
         """Failed deliveries go back to pending with a fresh attempt count; returns how many."""

@@ -145,8 +145,7 @@ def test_whole_index_counts_kept_while_indexing_equal_counting_every_article(ind
     assert kept == counted
     assert (kept[0], kept[1]) == (5, 6) and kept[2]["source"]["Other Paper"] == 1 and "Harbor Gazette" in kept[2]["source"]
     assert kept[2]["tag"] == {"nato": 3, "security": 3, "climate": 1, "elections": 1, "ukraine": 1}
-    before = index._conn.execute("SELECT * FROM facet_counts ORDER BY 1, 2").fetchall()
-    index.recount()
-    assert index._conn.execute("SELECT * FROM facet_counts ORDER BY 1, 2").fetchall() == before
+    index.recount()  # counted again from scratch: the same answer
+    assert view(index.search("", limit=100)) == kept
     pages = [view(index.search("", limit=2, offset=n))[4] for n in (0, 2, 4)]
     assert [h for page in pages for h in page] == kept[4]  # the same order, page by page

@@ -122,7 +122,7 @@ def alerts_status(as_json: bool) -> None:
     for name, counts in status["subscribers"].items():
         click.echo(f"{name}: " + (", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "nothing yet"))
     if status["retrying"]:
-        click.echo(f"\n{status['retrying']} delivery(ies) waiting to be retried")
+        click.echo(f"\n{status['retrying']} delivery(ies) waiting to be retried (the next at {status['next_retry']})")
     if status["failed"]:
         click.echo("\nFailed (newsmon alerts replay sends them again):")
         for f in status["failed"]:
