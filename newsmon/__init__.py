@@ -1,7 +1,8 @@
 """newsmon: streaming news monitoring.
 
-The shared plumbing lives here (record schema, bus, stage runner, settings, CLI);
-the stages themselves live in ``ingest``, ``enrich`` and ``sinks``.
+This package is the kernel every stage imports (record, bus, runner, settings, search contract,
+errors, metrics, logs, shared helpers); the stages live in ``ingest``, ``enrich`` and ``sinks``, and
+the application that composes them (CLI, API, web page, demo) in ``newsmon.app``.
 """
 
 __version__ = "0.1.0"
