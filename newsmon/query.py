@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 _TOKEN = re.compile(r'(-?)"([^"]*)"?(\*?)|(\S+)')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ def _has_word(text: str) -> bool:
 def parse(query: str) -> Query:
     result = Query()
     pending_or = False
-    for match in _TOKEN.finditer(query or ""):
+    query = _CONTROL.sub(" ", query or "")  # a NUL would end the backend's string early; no control char is a word
+    for match in _TOKEN.finditer(query):
         neg, phrase, star, bare = match.groups()
         if bare is not None:
             if bare == "OR":

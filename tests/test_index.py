@@ -86,7 +86,7 @@ def test_parse():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list('ab "-*()OR:^\'NEAR{}+é\\.,')), max_size=30))
+@given(st.text(alphabet=st.sampled_from(list('ab "-*()OR:^\'NEAR{}+é\\.,\x00\x1f')), max_size=30))
 def test_no_query_can_break_the_index(tmp_path_factory, query):
     """Whatever the query, the answer is a consistent one over the documents there are: no error, no
     hit twice, no more hits than asked or matched, each hit a document that contains what the query
