@@ -304,9 +304,11 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
     if parsed is None:
         _refuse_entity_declarations(content)
         content, left_out = _first_entries(content, max_entries)
-        parsed = _well_formed_feed(content) or feedparser.parse(
-            content, response_headers={"content-type": content_type or "application/xml", "content-location": final_url}
-        )
+        parsed = _well_formed_feed(content)
+        # fastfeedparser reads no link from an Atom <id> or from a <link> element's text; feedparser does.
+        if parsed is None or not all(entry.get("link") for entry in parsed.entries):
+            parsed = feedparser.parse(content, response_headers={"content-type": content_type or "application/xml",
+                                                                 "content-location": final_url})
     left_out += max(0, len(parsed.entries) - max_entries)
     del parsed.entries[max_entries:]
     if not parsed.version and not parsed.entries:
@@ -317,11 +319,13 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
     articles, skipped, batch = [], [], set()
     for position, entry in enumerate(parsed.entries):
         label = entry.get("title") or entry.get("id") or f"entry #{position + 1}"
-        link = urljoin(final_url, entry.get("link", ""))
-        try:
-            canonical = canonicalize(link) if entry.get("link") else None
-        except ValueError:
-            canonical = None
+        given = entry.get("link") or ""
+        try:  # urljoin raises on a malformed host ("Invalid IPv6 URL"): that entry is left out, not the feed
+            link = urljoin(final_url, given)
+            canonical = canonicalize(link) if given and link.lower().startswith(("http://", "https://")) else None
+        except ValueError as exc:
+            skipped.append(f"{label!r}: unusable link {given!r} ({exc})")
+            continue
         if canonical is None:
             skipped.append(f"{label!r}: entry has no http(s) link")
             continue
