@@ -343,6 +343,8 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
                 title=entry.get("title", ""),
                 authors=authors or ([entry["author"]] if entry.get("author") else []),
                 published=_iso(entry.get("published_parsed") or entry.get("updated_parsed")),
+                published_from="feed" if entry.get("published_parsed") else
+                               "feed-updated" if entry.get("updated_parsed") else None,
                 discovered=now,
                 language_hint=feed.language,
             )
