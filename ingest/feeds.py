@@ -280,6 +280,8 @@ def _well_formed_feed(content: bytes) -> feedparser.FeedParserDict | None:
         )
         for source, target in (("published", "published_parsed"), ("updated", "updated_parsed")):
             entry[target] = _utc_struct(item.get(source))
+        if item.get("updated") and item.get("published") == item["updated"]:
+            entry["published_parsed"] = None  # fastfeedparser copies the update date where none is published
         entries.append(entry)
     return feedparser.FeedParserDict(version="xml", bozo=False, feed={"title": str(doc.feed.get("title") or "")},
                                      entries=entries)

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from html import unescape
+from urllib.parse import urljoin
 
+import htmldate
 from lxml.html import HtmlElement
-from trafilatura.metadata import extract_metadata
+from trafilatura.xpaths import AUTHOR_XPATHS
 
 # -- JSON-LD -------------------------------------------------------------------------------
 
@@ -160,6 +162,49 @@ def plausible(moment: datetime, latest: datetime) -> bool:
     return EARLIEST <= aware <= latest
 
 
+# -- bylines -------------------------------------------------------------------------------
+
+# trafilatura's byline XPaths, run on the page itself: trafilatura's own extract_author copies the
+# whole tree first to prune comments, figures and dates out of it, which costs a third of an
+# extraction; here a candidate inside such a part is passed over, and clean_authors strips dates.
+_NOT_BYLINE_CLASS = re.compile(r"^[Cc]omments|commentlist|comments-list|sidebar|is-hidden|quote|embedly-instagram|"
+                               r"article-(?:share|support)|print|category|meta-date|meta-reviewer")
+_NOT_BYLINE_ID = re.compile(r"^comments|comment-?list|ProductReviews")
+_NOT_BYLINE_TAGS = {"time", "figure"}
+
+
+def _outside_byline(elem: HtmlElement) -> bool:
+    if elem.tag in _NOT_BYLINE_TAGS:
+        return True
+    if elem.tag not in ("a", "div", "section", "span"):  # the elements trafilatura prunes by class and id
+        return False
+    cls, ident = elem.get("class") or "", elem.get("id") or ""
+    return (cls in ("comments", "title", "date") or ident == "comments"
+            or bool(_NOT_BYLINE_CLASS.search(cls)) or bool(_NOT_BYLINE_ID.search(ident))
+            or "Figure" in (elem.get("data-component") or ""))
+
+
+def _byline_text(elem: HtmlElement) -> str:
+    parts = [elem.text or ""]
+    for child in elem:
+        if isinstance(child.tag, str) and child.tag not in _NOT_BYLINE_TAGS:
+            parts.append(_byline_text(child))
+        parts.append(child.tail or "")
+    return " ".join(parts)
+
+
+def _byline(tree: HtmlElement) -> list[str]:
+    """The authors a visible byline names, for pages that declare none."""
+    for expression in AUTHOR_XPATHS:
+        for elem in expression(tree):
+            if any(_outside_byline(e) for e in (elem, *elem.iterancestors())):
+                continue
+            text = " ".join(_byline_text(elem).split())
+            if 2 < len(text) < 120 and (names := clean_authors([text])):
+                return names
+    return []
+
+
 # -- the whole ---------------------------------------------------------------------------
 
 @dataclass
@@ -218,12 +263,14 @@ def read_metadata(tree: HtmlElement, html: str, url: str | None, fetched: dateti
     article = json_ld_article(html)
     tags = _meta_tags(tree)
     publisher = article.get("publisher")
-    sitename = (_text(tags.get("og:site_name")) or (_text(publisher.get("name")) if isinstance(publisher, dict) else ""))
+    sitename = (_text(tags.get("og:site_name")) or (_text(publisher.get("name")) if isinstance(publisher, dict) else "")
+                or _text(tags.get("application-name")))
     meta = Metadata(sitename=sitename, title=_title(article, tags, tree, sitename))
     if isinstance(body := article.get("articleBody"), str):
         meta.article_body = re.sub(r"\s*\n\s*\n\s*", "\n", body).strip()
     canonical = tree.find(".//link[@rel='canonical']")
-    meta.canonical_url = (canonical.get("href") if canonical is not None else None) or tags.get("og:url")
+    link = (canonical.get("href") if canonical is not None else None) or tags.get("og:url")
+    meta.canonical_url = urljoin(url, link.strip()) if url and link else link
 
     authors = clean_authors(_names(article.get("author")))
     if not authors:
@@ -243,15 +290,10 @@ def read_metadata(tree: HtmlElement, html: str, url: str | None, fetched: dateti
             meta.date_source = source
             break
 
-    if not (meta.title and meta.authors and meta.date and meta.sitename):
-        # What the page does not declare: trafilatura's metadata pass (byline, headings, htmldate).
-        params = {"extensive_search": True, "original_date": True, "min_date": EARLIEST.date().isoformat(),
-                  "max_date": latest.date().isoformat()}
-        found = extract_metadata(tree, url, params, False, set())
-        meta.title = meta.title or found.title or ""
-        meta.authors = meta.authors or clean_authors((found.author or "").split(";"))
-        meta.sitename = meta.sitename or found.sitename or ""
-        meta.canonical_url = meta.canonical_url or found.url
-        if not meta.date and found.date and (moment := parse_date(found.date)) and plausible(moment, latest):
-            meta.date, meta.date_source = found.date, "htmldate"
+    meta.authors = meta.authors or _byline(tree)
+    if not meta.date:  # nothing declared: htmldate's search of the whole page (original date first)
+        found = htmldate.find_date(tree, url=url, extensive_search=True, original_date=True,
+                                   min_date=EARLIEST.date().isoformat(), max_date=latest.date().isoformat())
+        if found and (moment := parse_date(found)) and plausible(moment, latest):
+            meta.date, meta.date_source = found, "htmldate"
     return meta

@@ -235,3 +235,14 @@ def test_entries_linked_only_by_atom_id_or_link_text_or_an_rss_atom_link_are_kep
         ("By href", "https://x.example/by-href")]
     assert [a.canonical_url for a in parse_feed(rss_with_atom_link, feed, feed.url).articles] == [
         "https://x.example/atom-style"]
+
+
+def test_the_feed_says_whether_its_date_is_the_publication_or_an_update():
+    atom = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+<entry><title>P</title><link href="https://x.example/p"/><published>2026-02-12T10:00:00Z</published>
+<updated>2026-02-13T10:00:00Z</updated></entry>
+<entry><title>U</title><link href="https://x.example/u"/><updated>2026-02-13T10:00:00Z</updated></entry>
+<entry><title>N</title><link href="https://x.example/n"/></entry></feed>"""
+    parsed = parse_feed(atom, Feed(name="t", url="https://x.example/f"), "https://x.example/f")
+    assert [(a.title, a.published, a.published_from) for a in parsed.articles] == [
+        ("P", "2026-02-12T10:00:00Z", "feed"), ("U", "2026-02-13T10:00:00Z", "feed-updated"), ("N", None, None)]
