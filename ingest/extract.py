@@ -1,4 +1,5 @@
-"""Article pages to text and metadata: charset decoding, trafilatura, and a JSON-LD fallback.
+"""Article pages to text and metadata: charset decoding, trafilatura, the page chrome it lets through
+removed, and the publisher's JSON-LD text when it agrees or trafilatura finds too little.
 
 ``extract_html`` is a pure function. ``Extractor`` runs it in recycled worker
 processes with a time limit, because a pathological page can make lxml or
@@ -11,7 +12,6 @@ import codecs
 import re
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import charset_normalizer
 import trafilatura
@@ -19,7 +19,6 @@ from pebble import ProcessExpired, ProcessPool
 from trafilatura.utils import load_html
 
 from ingest.metadata import read_metadata
-
 from newsmon.runner import worker_context
 from newsmon.settings import ExtractSettings
 
@@ -100,9 +99,6 @@ def decode_html(content: bytes, header_charset: str | None = None) -> tuple[str,
         return content.decode(encoding, errors="replace"), encoding, warnings
 
 
-# -- text and metadata -------------------------------------------------------
-
-
 # -- page chrome the extractor lets through ----------------------------------------------
 
 # Lines that introduce another story ("Lesen Sie auch:", "Lea también:", "Read more:").
@@ -136,18 +132,18 @@ def strip_chrome_lines(text: str) -> str:
     return "\n".join(kept) if kept else text
 
 
-def extract_html(html: str, url: str | None = None, fallback_below: int = 200, min_text: int = 50,
-                 fetched: datetime | None = None) -> Extracted:
-    """Main text and metadata of an article page, favouring precision (page chrome stays out).
+# -- text and metadata -------------------------------------------------------
+
+def extract_html(html: str, url: str | None = None, fallback_below: int = 200, min_text: int = 50) -> Extracted:
+    """Main text and metadata (``ingest.metadata``) of an article page.
 
     A result shorter than ``fallback_below`` characters falls back to the page's JSON-LD
-    ``articleBody``; a final text shorter than ``min_text`` is no article at all. ``fetched``
-    bounds the publication date (none later than a day after it).
+    ``articleBody``; a final text shorter than ``min_text`` is no article at all.
     """
     tree = load_html(html)
     if tree is None:
         raise ExtractionError(f"{url or 'page'}: not an HTML document")
-    meta = read_metadata(tree, html, url, fetched)
+    meta = read_metadata(tree, html, url)
     # trafilatura's balanced mode (its main extractor checked against readability and jusText) with
     # tables: on both development sets it beats favor_precision, favor_recall and voting between the
     # three passes (bench/quality.py); comments are left out, as are the chrome lines it lets through.

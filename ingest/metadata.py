@@ -1,11 +1,11 @@
 """An article page's title, authors, publication date and site, read from what the publisher declares.
 
-The publisher's structured data (schema.org JSON-LD, then ``<meta>`` tags) is read first: it
-names the article's headline, authors and first publication as the newsroom's system holds them,
-where the page's visible chrome mixes them with labels, dates and other stories. trafilatura's
-metadata pass stays the fallback for what a page does not declare; it is not the first choice
-because it costs about as much as the text extraction itself and rewrites names ("dpa" becomes
-"Dpa", "ndr.de" becomes "NDR de"). htmldate's extensive search finds a date when nothing else does.
+The publisher's structured data (schema.org JSON-LD, then ``<meta>`` tags, then a date in the
+URL) is read first: it names the article's headline, authors and first publication as the
+newsroom's system holds them, where the page's visible chrome mixes them with labels, dates and
+other stories. What a page does not declare comes from its visible byline (trafilatura's byline
+XPaths) and from htmldate's extensive search. trafilatura's own metadata pass is not used: it costs
+about as much as the text extraction and rewrites names ("dpa" becomes "Dpa", "ndr.de" "NDR de").
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ _ROLE = re.compile(r"^(?:journalist(?:in)?|reporter(?:in)?|redakteur(?:in)?|korr
                    r"editor|staff(?: writer)?|redaktion|rédaction|redacción|redazione|photographer|fotograf(?:in)?)$",
                    re.I)
 _MAX_NAME_WORDS = 5  # a longer part is a description ("professor at the faculty of ..."), not a name
+_META_AUTHOR = ("author", "article:author", "byl", "dc.creator", "parsely-author", "sailthru.author",
+                "cxenseparse:author")
 
 
 def _key(name: str) -> str:
@@ -241,16 +243,16 @@ _TITLE_SEPARATOR = re.compile(r"\s+[|–—\-·:]\s+|\s*[｜：]\s*")
 
 
 def _title(article: dict, tags: dict[str, str], tree: HtmlElement, sitename: str) -> str:
-    """The headline as the reader sees it: the page's first <h1> of a few words (the declared title
-    is often written for search engines, or carries a kicker or the site's name), else the declared
-    title without the site's name."""
+    """The headline as the reader sees it: an <h1> the declared title contains (that one often carries
+    a kicker or the site's name too), else the declared title without the site's name, else an <h1>."""
     page_title = _text(tree.findtext(".//title") or "")
     declared = (_text(article.get("headline")) or _text(tags.get("og:title")) or _text(tags.get("twitter:title"))
                 or page_title)
     declared = _text(unescape(declared))  # some sites escape their JSON-LD twice ("&quot;")
     for h1 in tree.iter("h1"):
         heading = " ".join(h1.text_content().split())
-        if len(heading.split()) >= _MIN_HEADLINE_WORDS and (heading in declared or heading in page_title):
+        if heading and (not declared or len(heading.split()) >= _MIN_HEADLINE_WORDS
+                        and (heading in declared or heading in page_title)):
             return heading
     parts = _TITLE_SEPARATOR.split(declared)
     if len(parts) > 1 and sitename and parts[-1].casefold().replace(" ", "") in sitename.casefold().replace(" ", ""):
@@ -258,7 +260,7 @@ def _title(article: dict, tags: dict[str, str], tree: HtmlElement, sitename: str
     return declared
 
 
-def read_metadata(tree: HtmlElement, html: str, url: str | None, fetched: datetime | None = None) -> Metadata:
+def read_metadata(tree: HtmlElement, html: str, url: str | None) -> Metadata:
     """Title, authors, date (with where it came from), site name and canonical URL of a page."""
     article = json_ld_article(html)
     tags = _meta_tags(tree)
@@ -272,13 +274,11 @@ def read_metadata(tree: HtmlElement, html: str, url: str | None, fetched: dateti
     link = (canonical.get("href") if canonical is not None else None) or tags.get("og:url")
     meta.canonical_url = urljoin(url, link.strip()) if url and link else link
 
-    authors = clean_authors(_names(article.get("author")))
-    if not authors:
-        authors = clean_authors([v for k in ("author", "article:author", "byl", "dc.creator", "parsely-author",
-                                             "sailthru.author", "cxenseparse:author") if (v := tags.get(k))])
-    meta.authors = authors
+    meta.authors = (clean_authors(_names(article.get("author")))
+                    or clean_authors([v for k in _META_AUTHOR if (v := tags.get(k))])
+                    or _byline(tree))
 
-    latest = (fetched or datetime.now(timezone.utc)) + timedelta(days=1)
+    latest = datetime.now(timezone.utc) + timedelta(days=1)  # the page was fetched just now
     candidates = [("json-ld", article.get("datePublished")), ("json-ld", article.get("dateCreated")),
                   *(("meta", tags.get(k)) for k in _META_PUBLISHED)]
     if url and (match := _URL_DATE.search(url)):
@@ -289,8 +289,6 @@ def read_metadata(tree: HtmlElement, html: str, url: str | None, fetched: dateti
             meta.date = moment.isoformat() if source != "url" else moment.date().isoformat()
             meta.date_source = source
             break
-
-    meta.authors = meta.authors or _byline(tree)
     if not meta.date:  # nothing declared: htmldate's search of the whole page (original date first)
         found = htmldate.find_date(tree, url=url, extensive_search=True, original_date=True,
                                    min_date=EARLIEST.date().isoformat(), max_date=latest.date().isoformat())
