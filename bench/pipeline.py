@@ -71,7 +71,8 @@ def bare_rate(pages: list[tuple[str, bytes]], count: int) -> float:
 
 def pipeline_rate(pages: list[tuple[str, bytes]], count: int, extract_workers: int, processes: int) -> float:
     data = Path(tempfile.mkdtemp())
-    settings = config.load(REPO / "config", data, overrides={"extract.workers": extract_workers, "runner.processes": processes})
+    settings = config.load(REPO / "config", data, overrides={"extract.workers": extract_workers, "runner.processes": processes,
+                                                                  "fetch.robots": False})  # pages come from memory
     memory = {}
     bus = SqliteBus(data / "queue.db")
     for i in range(count):

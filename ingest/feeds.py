@@ -137,6 +137,8 @@ def _well_formed_feed(content: bytes) -> feedparser.FeedParserDict | None:
         )
         for source, target in (("published", "published_parsed"), ("updated", "updated_parsed")):
             entry[target] = _utc_struct(item.get(source))
+        if item.get("updated") and item.get("published") == item["updated"]:
+            entry["published_parsed"] = None  # fastfeedparser copies the update date where none is published
         entries.append(entry)
     return feedparser.FeedParserDict(version="xml", bozo=False, feed={"title": str(doc.feed.get("title") or "")},
                                      entries=entries)
@@ -160,9 +162,11 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
     if parsed is None:
         _refuse_entity_declarations(content)
         content, left_out = _first_entries(content, max_entries)
-        parsed = _well_formed_feed(content) or feedparser.parse(
-            content, response_headers={"content-type": content_type or "application/xml", "content-location": final_url}
-        )
+        parsed = _well_formed_feed(content)
+        # fastfeedparser reads no link from an Atom <id> or from a <link> element's text; feedparser does.
+        if parsed is None or not all(entry.get("link") for entry in parsed.entries):
+            parsed = feedparser.parse(content, response_headers={"content-type": content_type or "application/xml",
+                                                                 "content-location": final_url})
     left_out += max(0, len(parsed.entries) - max_entries)
     del parsed.entries[max_entries:]
     if not parsed.version and not parsed.entries:
@@ -173,11 +177,13 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
     articles, skipped, batch = [], [], set()
     for position, entry in enumerate(parsed.entries):
         label = entry.get("title") or entry.get("id") or f"entry #{position + 1}"
-        link = urljoin(final_url, entry.get("link", ""))
-        try:
-            canonical = canonicalize(link) if entry.get("link") else None
-        except ValueError:
-            canonical = None
+        given = entry.get("link") or ""
+        try:  # urljoin raises on a malformed host ("Invalid IPv6 URL"): that entry is left out, not the feed
+            link = urljoin(final_url, given)
+            canonical = canonicalize(link) if given and link.lower().startswith(("http://", "https://")) else None
+        except ValueError as exc:
+            skipped.append(f"{label!r}: unusable link {given!r} ({exc})")
+            continue
         if canonical is None:
             skipped.append(f"{label!r}: entry has no http(s) link")
             continue
@@ -195,6 +201,8 @@ def parse_feed(content: bytes, feed: Feed, final_url: str, content_type: str = "
                 title=entry.get("title", ""),
                 authors=authors or ([entry["author"]] if entry.get("author") else []),
                 published=_iso(entry.get("published_parsed") or entry.get("updated_parsed")),
+                published_from="feed" if entry.get("published_parsed") else
+                               "feed-updated" if entry.get("updated_parsed") else None,
                 discovered=now,
                 language_hint=feed.language,
             )

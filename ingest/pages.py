@@ -4,25 +4,50 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 
 from ingest.extract import Extracted, Extractor, decode_html
 from ingest.http import HTML_TYPES, Fetcher
+from ingest.metadata import clean_authors, parse_date, plausible
 from ingest.robots import RobotsRules
-from newsmon.dates import normalise_iso, utc_now
+from newsmon.dates import to_iso, utc_now
 from newsmon.record import Article
 
 log = logging.getLogger(__name__)
 
 
-def apply_extraction(article: Article, extracted: Extracted) -> Article:
-    """Merge what the page says into the record; the feed's own title, authors and date win."""
+def _utc(value: str | None, latest: datetime) -> str | None:
+    """A date as UTC ISO 8601, or None if unparseable or implausible (before 1995, after ``latest``)."""
+    moment = parse_date(value)
+    return to_iso(moment) if moment is not None and plausible(moment, latest) else None
+
+
+def publication(article: Article, extracted: Extracted, latest: datetime) -> tuple[str | None, str | None]:
+    """(published, what gave it): the feed's publication date, else the page's (JSON-LD, meta tags,
+    URL, htmldate), else the feed's update date. The page's date goes before a feed's update date, as
+    the original publication goes before a modification, unless the page's is the later one."""
+    feed_date = _utc(article.published, latest)
+    page_date = _utc(extracted.date, latest)
+    if feed_date and article.published_from != "feed-updated":
+        return feed_date, article.published_from or "feed"
+    if page_date and (not feed_date or page_date <= feed_date):
+        return page_date, extracted.date_source
+    return (feed_date, article.published_from) if feed_date else (None, None)
+
+
+def apply_extraction(article: Article, extracted: Extracted, now: datetime | None = None) -> Article:
+    """Merge what the page says into the record; the feed's own title and authors win, the date is
+    chosen by ``publication`` (no date more than a day after ``now``)."""
+    latest = (now or datetime.now(timezone.utc)) + timedelta(days=1)
+    published, published_from = publication(article, extracted, latest)
     updated = replace(
         article,
         text=extracted.text,
         extraction_method=extracted.method,
         title=article.title or extracted.title,
-        authors=article.authors or extracted.authors,
-        published=article.published or normalise_iso(extracted.date),
+        authors=clean_authors(article.authors) or extracted.authors,
+        published=published,
+        published_from=published_from,
         source=extracted.sitename or article.source,
         page_canonical_url=extracted.canonical_url,
         warnings=list(article.warnings),

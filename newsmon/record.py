@@ -47,6 +47,7 @@ class Article:
     title: str = ""
     authors: list[str] = field(default_factory=list)
     published: str | None = None
+    published_from: str | None = None  # what gave ``published``: feed, feed-updated, json-ld, meta, url or htmldate
     discovered: str | None = None
     fetched: str | None = None
     final_url: str | None = None  # after redirects

@@ -15,14 +15,14 @@ def test_euronews_page_body_without_chrome():
     html, encoding, warnings = decode_html(demo_page(EURONEWS_SLUG))
     assert (encoding, warnings) == ("utf-8", [])
     page = extract_html(html, "http://127.0.0.1:8765/articles/x.html")
-    assert page.method == "trafilatura"
+    assert page.method == "json-ld"  # the page's paragraphs and its JSON-LD articleBody agree word for word
     assert page.text.startswith("Le secrétaire général de l'OTAN, Mark Rutte, a souligné")
     assert page.text.endswith("sous une stratégie opérationnelle globale.")
     for wanted in ("Arctic Sentry", "Boris Pistorius", "Engagements bilatéraux", "John Healey"):
         assert wanted in page.text
     assert [c for c in CHROME if c in page.text] == []
     assert page.title == "Les alliés de l'OTAN promettent 35 milliards d'aide à l'Ukraine"
-    assert (page.sitename, page.date) == ("Euronews", "2026-02-12")
+    assert (page.sitename, page.date, page.date_source) == ("Euronews", "2026-02-12T17:45:00+01:00", "json-ld")
     assert page.canonical_url == f"http://127.0.0.1:8765/articles/{EURONEWS_SLUG}.html"
 
 

@@ -216,3 +216,37 @@ def test_intervals_adapt_to_how_often_a_feed_publishes_within_bounds(tmp_path):
     assert adapt_interval(feed, 800, True, fixed) == adapt_interval(feed, 800, False, fixed) == 800
     often = Feed(name="t", url=feed.url, interval=20)  # below min_interval on purpose: still honoured
     assert adapt_interval(often, 20, True, settings) == 20 and adapt_interval(often, 20, False, settings) == 25
+
+
+def test_one_entry_with_a_malformed_link_is_skipped_with_its_reason_not_the_feed():
+    body = rss([("Broken", "http://example.c[o.test/"), ("Fine", "https://x.example/fine.html")])
+    parsed = parse_feed(body, Feed(name="t", url="https://x.example/f"), "https://x.example/f")
+    assert [a.canonical_url for a in parsed.articles] == ["https://x.example/fine.html"]
+    assert parsed.skipped == ["'Broken': unusable link 'http://example.c[o.test/' (Invalid IPv6 URL)"]
+
+
+def test_entries_linked_only_by_atom_id_or_link_text_or_an_rss_atom_link_are_kept():
+    atom = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+<entry><title>By id</title><id>https://x.example/by-id</id></entry>
+<entry><title>By text</title><id>tag:x,2026:2</id><link rel="alternate">https://x.example/by-text</link></entry>
+<entry><title>By href</title><id>tag:x,2026:3</id><link href="https://x.example/by-href"/></entry>
+</feed>"""
+    rss_with_atom_link = b"""<rss version="2.0"><channel><title>t</title>
+<item><title>Atom-style</title><link href="https://x.example/atom-style"/></item></channel></rss>"""
+    feed = Feed(name="t", url="https://x.example/f")
+    assert [(a.title, a.canonical_url) for a in parse_feed(atom, feed, feed.url).articles] == [
+        ("By id", "https://x.example/by-id"), ("By text", "https://x.example/by-text"),
+        ("By href", "https://x.example/by-href")]
+    assert [a.canonical_url for a in parse_feed(rss_with_atom_link, feed, feed.url).articles] == [
+        "https://x.example/atom-style"]
+
+
+def test_the_feed_says_whether_its_date_is_the_publication_or_an_update():
+    atom = b"""<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title>
+<entry><title>P</title><link href="https://x.example/p"/><published>2026-02-12T10:00:00Z</published>
+<updated>2026-02-13T10:00:00Z</updated></entry>
+<entry><title>U</title><link href="https://x.example/u"/><updated>2026-02-13T10:00:00Z</updated></entry>
+<entry><title>N</title><link href="https://x.example/n"/></entry></feed>"""
+    parsed = parse_feed(atom, Feed(name="t", url="https://x.example/f"), "https://x.example/f")
+    assert [(a.title, a.published, a.published_from) for a in parsed.articles] == [
+        ("P", "2026-02-12T10:00:00Z", "feed"), ("U", "2026-02-13T10:00:00Z", "feed-updated"), ("N", None, None)]
