@@ -23,6 +23,15 @@ from newsmon.record import Article, article_id, to_iso, utc_now
 log = logging.getLogger("newsmon")
 
 
+def _open_bus(settings: config.Settings):
+    from newsmon.pipeline import open_bus
+
+    try:
+        return open_bus(settings)
+    except config.ConfigError as exc:  # no broker answering
+        raise click.ClickException(str(exc)) from None
+
+
 def _bus_option(command):
     return click.option(
         "--bus", help="embedded (default) or kafka://HOST:PORT[,HOST:PORT]; also $NEWSMON_BUS."
@@ -135,8 +144,12 @@ def demo(port: int, bus: str | None) -> None:
 
 
 def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: threading.Event, reporter):
-    from newsmon.pipeline import open_bus, run
+    from newsmon.pipeline import run
     from newsmon.supervise import start_stages, stop_stages, wait_until_drained
+
+    # Brokers that do not create topics on first use (production's) need them before the stages start.
+    if failed := {t: o for t, o in _create_topics(settings).items() if o.startswith("failed")}:
+        raise click.ClickException("; ".join(f"{topic}: {outcome}" for topic, outcome in failed.items()))
 
     names = ["extract", "language", "tag", "index", "alert"]
     env = {"NEWSMON_BUS": settings.pipeline.bus, "NEWSMON_DATA_DIR": str(settings.data_dir),
@@ -150,7 +163,7 @@ def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: th
     procs = start_stages(names, env)
     try:
         progress = run(settings, feeds, names=["poll"], once=True, stop=stop, report=reporter, force_poll=True)
-        bus = open_bus(settings)
+        bus = _open_bus(settings)
 
         def tick():
             progress.done["index"] = indexed() - before
@@ -366,13 +379,13 @@ def extract(paths, as_json) -> None:
 
 def _collect_stats(settings: config.Settings) -> dict:
     from ingest.feeds import FeedStore
-    from newsmon.pipeline import CONSUMED, open_bus
+    from newsmon.pipeline import CONSUMED
 
     data = settings.data_dir
     stats: dict = {"data_dir": str(data), "bus": settings.pipeline.bus, "stages": {}, "dead_letters": 0,
                    "index": {}, "feeds": [], "recent_errors": [], "recent_warnings": []}
     if settings.pipeline.bus != "embedded" or (data / "queue.db").exists():
-        bus = open_bus(settings)
+        bus = _open_bus(settings)
         try:
             for stage, topic in CONSUMED.items():
                 lag = bus.lag(stage, topic)
@@ -472,10 +485,7 @@ def dlq() -> None:
 @_bus_option
 def dlq_list(limit: int, as_json: bool, bus: str | None) -> None:
     """The most recent dead letters, newest first."""
-    from newsmon.pipeline import open_bus
-
-    settings = _load(bus)
-    messages = open_bus(settings).recent(DEAD_LETTERS, limit)
+    messages = _open_bus(_load(bus)).recent(DEAD_LETTERS, limit)
     for message in messages:
         summary = _dead_letter_summary(message)
         if as_json:
@@ -491,10 +501,7 @@ def dlq_list(limit: int, as_json: bool, bus: str | None) -> None:
 @_bus_option
 def dlq_replay(bus: str | None) -> None:
     """Send every dead letter not replayed yet back to the topic it came from (attempt count + 1)."""
-    from newsmon.pipeline import open_bus
-
-    settings = _load(bus)
-    bus_ = open_bus(settings)
+    bus_ = _open_bus(_load(bus))
     consumer = bus_.consumer("dlq-replay", [DEAD_LETTERS])
     replayed, deadline = 0, time.monotonic() + 120
     try:
@@ -522,17 +529,27 @@ def topics() -> None:
 @_bus_option
 def topics_create(bus: str | None) -> None:
     """Create the pipeline's topics with the partitions and replication set in pipeline.yaml (kafka: ...)."""
-    from newsmon.kafka_bus import create_topics
-    from newsmon.pipeline import ALL_TOPICS
-
     settings = _load(bus)
     if settings.pipeline.bus == "embedded":
         click.echo("the embedded bus needs no topics")
         return
-    k = settings.pipeline.kafka
-    for topic, outcome in create_topics(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions,
-                                        k.replication).items():
+    outcomes = _create_topics(settings)
+    for topic, outcome in outcomes.items():
         click.echo(f"{topic}: {outcome}")
+    if failed := [topic for topic, outcome in outcomes.items() if outcome.startswith("failed")]:
+        raise click.ClickException(f"{len(failed)} topic(s) not created")
+
+
+def _create_topics(settings: config.Settings) -> dict[str, str]:
+    """The pipeline's topics, created where missing: what happened to each (kafka_bus.create_topics)."""
+    from newsmon.kafka_bus import create_topics
+    from newsmon.pipeline import ALL_TOPICS
+
+    k = settings.pipeline.kafka
+    try:
+        return create_topics(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions, k.replication)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()
