@@ -32,8 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from newsmon import settings as config  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.kafka_bus import KafkaBus, create_topics, parse_bootstrap  # noqa: E402
+from newsmon.kafka_bus import KafkaBus, create_topics  # noqa: E402
 from newsmon.pipeline import ALL_TOPICS, DISCOVERED, TAGGED, run  # noqa: E402
+from newsmon.settings import parse_bootstrap  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 
 

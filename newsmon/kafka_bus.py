@@ -20,17 +20,9 @@ from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
 from newsmon.bus import Message
-from newsmon.settings import ConfigError
+from newsmon.settings import ConfigError, parse_bootstrap
 
 log = logging.getLogger(__name__)
-
-
-def parse_bootstrap(url: str) -> list[str]:
-    """``kafka://h1:9092,h2:9092`` -> ["h1:9092", "h2:9092"]."""
-    servers = [s.strip() for s in url.removeprefix("kafka://").split(",") if s.strip()]
-    if not servers or any(":" not in s for s in servers):
-        raise ValueError(f"{url!r} is not kafka://HOST:PORT[,HOST:PORT...]")
-    return servers
 
 
 def _unreachable(url: str) -> ConfigError:

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from newsmon.bus import DEAD_LETTERS
-from newsmon.kafka_bus import KafkaBus, create_topics, parse_bootstrap
+from newsmon.kafka_bus import KafkaBus, create_topics
 from newsmon.pipeline import ALL_TOPICS, DETECTED, DISCOVERED, TAGGED
 from newsmon.record import Article, article_id
+from newsmon.settings import parse_bootstrap
 from tests.conftest import EURONEWS_SLUG, NEWSMON, free_port, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss
 
@@ -181,10 +182,14 @@ def test_bus_round_trip_commit_lag_and_rewind(env, prefix):
 
 def test_demo_over_kafka_with_stages_as_processes(bare_env, tmp_path):
     """The demo creates the topics it needs (the broker does not create them on first use)."""
-    env = bare_env
-    result = subprocess.run(NEWSMON + ["demo", "--port", "0"], env=env, capture_output=True, text=True, timeout=300)
+    env, port = bare_env, str(free_port())
+    result = subprocess.run(NEWSMON + ["demo", "--port", port], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "14 new articles discovered, 14 indexed, 0 failed" in result.stdout
+    # Again on the same site: nothing new, and the stages, stopped while still starting, stop cleanly.
+    again = subprocess.run(NEWSMON + ["demo", "--port", port], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 new articles discovered, 0 indexed, 0 failed" in again.stdout
     records = _indexed(env)
     assert len(records) == 14
     for record in records:
@@ -349,6 +354,9 @@ def test_topics_create_makes_the_configured_partitions_once(bare_env, prefix, ka
 
 
 def test_no_broker_answering_is_one_line_not_a_traceback(bare_env):
+    malformed = _newsmon(bare_env, "stats", "--bus", "kafka://")
+    assert malformed.returncode == 1 and "Traceback" not in malformed.stderr, malformed.stderr
+    assert "bus: Value error, 'kafka://': expected 'embedded' or kafka://HOST:PORT" in malformed.stderr
     nobody = f"kafka://127.0.0.1:{free_port()}"
     for command in (["stats"], ["topics", "create"], ["dlq", "list"]):
         result = _newsmon(bare_env, *command, "--bus", nobody)
