@@ -8,9 +8,8 @@
    127.0.0.1) through extract -> language -> tag -> index, embedded in one process
    versus on Kafka with every stage its own OS process.
 
-The broker is librdkafka's mock cluster (3 brokers, started here) unless
-$KAFKA_BOOTSTRAP names a real one. The mock keeps only ~5 MB per partition, so
-large volumes run in rounds that each stay below that.
+The broker is $KAFKA_BOOTSTRAP, else the one `make engines` starts (started or reused here). The
+bench creates its topics (the broker does not create them on first use) and deletes them after.
 """
 
 from __future__ import annotations
@@ -33,18 +32,18 @@ sys.path.insert(0, str(REPO))
 
 from newsmon import settings as config  # noqa: E402
 from newsmon.app.runtime import run  # noqa: E402
-from newsmon.app.stages import DISCOVERED, TAGGED  # noqa: E402
+from newsmon.app.stages import ALL_TOPICS, DISCOVERED, TAGGED  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
-from newsmon.kafka_bus import KafkaBus  # noqa: E402
+from newsmon.kafka_bus import KafkaBus, create_topics  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
+from newsmon.settings import parse_bootstrap  # noqa: E402
 
 
-def start_broker() -> tuple[str, subprocess.Popen | None]:
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        return "kafka://" + os.environ["KAFKA_BOOTSTRAP"].removeprefix("kafka://"), None
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "kafka_mock.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    return "kafka://" + proc.stdout.readline().strip(), proc
+def start_broker() -> str:
+    sys.path.insert(0, str(REPO / "deploy" / "engines"))
+    import engines
+
+    return "kafka://" + engines.start(["kafka"], use_env=True)["KAFKA_BOOTSTRAP"].removeprefix("kafka://")
 
 
 def hop_rate(bus, records: int, topic: str) -> tuple[float, float]:
@@ -72,7 +71,10 @@ class _Pages(BaseHTTPRequestHandler):
     pages: dict[str, bytes] = {}
 
     def do_GET(self):  # noqa: N802
-        body = self.pages[self.path.rsplit("/", 1)[-1]]
+        body = self.pages.get(self.path.rsplit("/", 1)[-1])
+        if body is None:  # robots.txt: none, so everything may be fetched
+            self.send_error(404)
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
         self.send_header("Content-Length", str(len(body)))
@@ -108,13 +110,14 @@ def wait_indexed(data: Path, count: int, timeout: float = 600) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=4000, help="2 KB records per bus-hop round (the mock keeps ~5 MB per partition)")
+    parser.add_argument("--records", type=int, default=4000, help="2 KB records per bus-hop round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--articles", type=int, default=300, help="articles end to end")
     args = parser.parse_args()
-    url, broker = start_broker()
+    url = start_broker()
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
+    create_topics(url, [f"{prefix}hop{r}" for r in range(args.rounds)] + [f"{prefix}e2e.{t}" for t in ALL_TOPICS], 8, 1)
     try:
-        prefix = f"bench{uuid.uuid4().hex[:6]}."
         kafka = KafkaBus(url, prefix=prefix)
         sqlite = SqliteBus(Path(tempfile.mkdtemp()) / "queue.db")
         print(f"bus hop, {args.records} x 2 KB records per round, {args.rounds} rounds (median)", flush=True)
@@ -177,9 +180,11 @@ def main() -> None:
         kafka.close()
         server.shutdown()
     finally:
-        if broker:
-            broker.stdin.close()
-            broker.wait(timeout=10)
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(url))
+        admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
+        admin.close()
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ months, so three monthly indices). Rows:
 2. sink -> null server: EsIndex.write against a server on 127.0.0.1 (its own process)
    that reads each bulk body and answers "created" for every item, doing nothing else: serialisation,
    batching, HTTP and response parsing, i.e. everything the sink itself costs.
-3. sink -> tests/fake_es.py: the same against the test stand-in, which also parses and
-   stores every document, in this process (for reference; its cost is the fake's, not ours).
+3. sink -> OpenSearch: the same against a real node ($ES_URL, else the one `make engines` starts),
+   which analyses and stores every document (for reference: the node's cost, on the same two cores).
 4. index stage -> null server: the index stage through the runner, from the embedded
    queue, batch by batch as in production (queue reads, decoding, commits included),
    beside the same stage writing the embedded SQLite FTS5 index.
 
-"our CPU" is this process's CPU time per document (the null server's is not in it; the
-fake's, which runs in this process, is). Then the bulk requests the default settings (500 docs / 5 MB / 1 s) produce: documents
+"our CPU" is this process's CPU time per document (neither the null server's nor the node's is in it). Then the bulk requests the default settings (500 docs / 5 MB / 1 s) produce: documents
 and bytes per request.
 """
 
@@ -45,7 +44,6 @@ from newsmon.runner import Stage, process_batch  # noqa: E402
 from newsmon.settings import ElasticsearchSettings  # noqa: E402
 from sinks.elasticsearch import EsIndex, index_for, to_document  # noqa: E402
 from sinks.sqlite_index import SqliteIndex  # noqa: E402
-from tests.fake_es import FakeEs  # noqa: E402
 
 
 def articles(count: int) -> list[Article]:
@@ -84,6 +82,8 @@ def _serve_null_bulk(ready: multiprocessing.SimpleQueue) -> None:
                 payload = {"took": 1, "errors": False, "items": [item] * docs}
             elif self.path == "/":
                 payload = {"version": {"number": "8.15.3"}}
+            elif "/_search" in self.path:  # the writer's start-up backfill finds nothing to do
+                payload = {"hits": {"total": {"value": 0}, "hits": []}}
             elif self.path == "/_bench/sizes":
                 payload, sizes[:] = list(sizes), []
             else:
@@ -118,6 +118,13 @@ class NullBulk:
     def close(self) -> None:
         self._proc.terminate()
         self._proc.join()
+
+
+def search_node() -> str:
+    sys.path.insert(0, str(REPO / "deploy" / "engines"))
+    import engines
+
+    return engines.start(["opensearch"], use_env=True)["ES_URL"]
 
 
 def rate(count: int, work) -> tuple[float, float]:
@@ -173,9 +180,14 @@ def main() -> None:
     null = NullBulk()
     rows.append(("sink -> null server (our whole overhead)", through_sink(null.url, batch)))
     default_sizes = null.take_sizes()
-    fake = FakeEs().start()
-    rows.append(("sink -> tests/fake_es.py (stores, for reference)", through_sink(fake.url, batch)))
-    fake.stop()
+    node, prefix = search_node(), f"bench-{time.monotonic_ns()}"
+    try:
+        rows.append(("sink -> OpenSearch (stores, for reference)", through_sink(node, batch, index_prefix=prefix)))
+    finally:
+        cleanup = EsIndex(ElasticsearchSettings(url=node, index_prefix=prefix))
+        cleanup._call("DELETE", f"/{prefix}-*")
+        cleanup._call("DELETE", f"/_index_template/{prefix}")
+        cleanup.close()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         stage_size = 500  # the index stage's batch on Elasticsearch (bulk_docs)

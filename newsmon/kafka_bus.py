@@ -15,21 +15,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, NoBrokersAvailable
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
 from newsmon.bus import Message
+from newsmon.errors import Unavailable
+from newsmon.settings import parse_bootstrap
 
 log = logging.getLogger(__name__)
 
 
-def parse_bootstrap(url: str) -> list[str]:
-    """``kafka://h1:9092,h2:9092`` -> ["h1:9092", "h2:9092"]."""
-    servers = [s.strip() for s in url.removeprefix("kafka://").split(",") if s.strip()]
-    if not servers or any(":" not in s for s in servers):
-        raise ValueError(f"{url!r} is not kafka://HOST:PORT[,HOST:PORT...]")
-    return servers
+def _unreachable(url: str) -> Unavailable:
+    return Unavailable(f"bus {url}: no Kafka broker answered (is it running, and is the address right?)")
 
 
 class KafkaBus:
@@ -38,16 +36,22 @@ class KafkaBus:
         self.servers = parse_bootstrap(url)
         self.prefix = prefix
         self.client_id = client_id
-        self.max_poll_interval_ms = max_poll_interval_ms
         self.session_timeout_ms = session_timeout_ms
-        self._producer = KafkaProducer(
-            bootstrap_servers=self.servers,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,  # a retried send is neither duplicated nor reordered on its partition
-            linger_ms=5,
-            batch_size=64 * 1024,
-        )
+        # Group membership of every consumer: heartbeats at most a third of the session apart, as Kafka
+        # recommends (kafka-python's fixed 3 s default is too slow for short sessions, and warns).
+        self.membership = {"max_poll_interval_ms": max_poll_interval_ms, "session_timeout_ms": session_timeout_ms,
+                           "heartbeat_interval_ms": min(3000, session_timeout_ms // 3)}
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.servers,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,  # a retried send is neither duplicated nor reordered on its partition
+                linger_ms=5,
+                batch_size=64 * 1024,
+            )
+        except NoBrokersAvailable:
+            raise _unreachable(url) from None
         self._sent: list[Future] = []
         self._admin_consumer: KafkaConsumer | None = None
 
@@ -150,15 +154,25 @@ def _message(bus: KafkaBus, record) -> Message:
 class _LogAssignments(ConsumerRebalanceListener):
     """Operators see which partitions each instance holds, and when that changes."""
 
-    def __init__(self, group: str):
-        self.group = group
+    def __init__(self, group: str, consumer: KafkaConsumer, topics: list[str]):
+        self.group, self.consumer, self.topics = group, consumer, topics
 
     def on_partitions_revoked(self, revoked) -> None:
         pass
 
     def on_partitions_assigned(self, assigned) -> None:
         held = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
-        log.info("%s: this instance consumes %s", self.group, ", ".join(held) or "nothing (more instances than partitions)")
+        if held:
+            log.info("%s: this instance consumes %s", self.group, ", ".join(held))
+            return
+        # Nothing assigned: either every partition went to other instances, or a topic does not exist
+        # (a broker that does not auto-create topics waits for `newsmon topics create`).
+        missing = [topic for topic in self.topics if not self.consumer.partitions_for_topic(topic)]
+        if missing:
+            log.warning("%s: topic(s) %s do not exist; create them with `newsmon topics create`",
+                        self.group, ", ".join(missing))
+        else:
+            log.info("%s: this instance consumes nothing (more instances than partitions)", self.group)
 
 
 class KafkaBusConsumer:
@@ -175,10 +189,9 @@ class KafkaBusConsumer:
             group_id=self._bus.topic(self.group),
             enable_auto_commit=False,  # commit after processing, never before
             auto_offset_reset="earliest",
-            max_poll_interval_ms=self._bus.max_poll_interval_ms,
-            session_timeout_ms=self._bus.session_timeout_ms,
+            **self._bus.membership,
         )
-        consumer.subscribe(self._topics, listener=_LogAssignments(self.group))
+        consumer.subscribe(self._topics, listener=_LogAssignments(self.group, consumer, self._topics))
         return consumer
 
     def poll(self, max_records: int, timeout: float = 0.0) -> list[Message]:
@@ -240,8 +253,7 @@ class KafkaSharding:
         bus = self._bus
         return KafkaConsumer(
             self._topic, bootstrap_servers=bus.servers, group_id=bus.topic(self._group),
-            client_id=f"{bus.client_id}-{self._group}", enable_auto_commit=False,
-            max_poll_interval_ms=bus.max_poll_interval_ms, session_timeout_ms=bus.session_timeout_ms,
+            client_id=f"{bus.client_id}-{self._group}", enable_auto_commit=False, **bus.membership,
         )
 
     def owner(self) -> Callable[[str], bool]:
@@ -280,11 +292,16 @@ class KafkaSharding:
 
 
 def create_topics(url: str, names: list[str], partitions: int, replication: int) -> dict[str, str]:
-    """Create topics; returns what happened to each. Brokers without CreateTopics get a clear message."""
+    """Create topics; returns what happened to each: "created …", "exists", "not created: …" (a broker
+    without CreateTopics, which must auto-create them) or "failed: <reason>" (a request the cluster refuses,
+    such as more replicas than brokers). Raises Unavailable if no broker answers."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import IncompatibleBrokerVersion, TopicAlreadyExistsError, UnsupportedVersionError
 
-    admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(url), client_id="newsmon-admin")
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(url), client_id="newsmon-admin")
+    except NoBrokersAvailable:
+        raise _unreachable(url) from None
     outcome = {}
     try:
         for name in names:
@@ -298,6 +315,10 @@ def create_topics(url: str, names: list[str], partitions: int, replication: int)
                     "not created: this broker does not support CreateTopics; it must auto-create topics "
                     "(auto.create.topics.enable) with num.partitions >= the instances of any stage"
                 )
+            except KafkaError as exc:  # the broker's answer, without kafka-python's dump of the whole request
+                brokers = len(admin.describe_cluster()["brokers"])
+                outcome[name] = (f"failed: {type(exc).__name__}: {exc.description} "
+                                 f"({partitions} partitions, replication {replication}, {brokers} broker(s))")
     finally:
         admin.close()
     return outcome

@@ -95,6 +95,12 @@ class RunnerSettings(_Model):
     poll_timeout: float = Field(0.5, gt=0)
 
 
+def parse_bootstrap(url: str) -> list[str]:
+    """``kafka://h1:9092,h2:9092`` -> ["h1:9092", "h2:9092"]; [] if it names no HOST:PORT."""
+    servers = [s.strip() for s in url.removeprefix("kafka://").split(",") if s.strip()]
+    return servers if servers and all(":" in s for s in servers) else []
+
+
 class KafkaSettings(_Model):
     prefix: str = "newsmon."  # topic and consumer-group names start with it
     partitions: int = Field(8, ge=1)  # per topic, for `newsmon topics create`: the most instances a stage can use
@@ -170,7 +176,7 @@ class PipelineSettings(_Model):
     @field_validator("bus")
     @classmethod
     def _bus(cls, value: str) -> str:
-        if value != "embedded" and not value.startswith("kafka://"):
+        if value != "embedded" and not (value.startswith("kafka://") and parse_bootstrap(value)):
             raise ValueError(f"{value!r}: expected 'embedded' or kafka://HOST:PORT[,HOST:PORT...]")
         return value
 

@@ -67,24 +67,75 @@ def make_settings(config_dir: Path, tmp_path: Path):
     return make
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap():
-    """kafka://… of a real Kafka-protocol broker: $KAFKA_BOOTSTRAP if set, else librdkafka's mock cluster."""
-    import os
-    import subprocess
+def _load_engines():
+    """deploy/engines/engines.py, which `make engines` runs: the tests start the same engines the same way."""
+    import importlib.util
 
-    if os.environ.get("KAFKA_BOOTSTRAP"):
-        yield "kafka://" + os.environ["KAFKA_BOOTSTRAP"].removeprefix("kafka://")
-        return
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "kafka_mock.py")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()  # the helper prints its address first, or exits
-    if not line:
-        proc.kill()
-        pytest.fail("the mock Kafka cluster did not start")
-    yield "kafka://" + line
-    proc.stdin.close()
-    proc.wait(timeout=10)
+    spec = importlib.util.spec_from_file_location("engines", REPO / "deploy" / "engines" / "engines.py")
+    module = sys.modules["engines"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+engines = _load_engines()
+
+
+def _engine(variable: str, name: str) -> str:
+    """The address of a real engine: $VARIABLE (a cluster of the user's own, or the one `make test`
+    started), else the engine `make engines` starts, started (or reused) now and left running for the
+    next run (`make engines-stop` stops it). A machine without a JDK or Maven skips, but not on CI."""
+    import os
+
+    if os.environ.get(variable):
+        return os.environ[variable]
+    missing = [tool for tool in ("java", "javac", "mvn") if not shutil.which(tool)]
+    if missing and os.environ.get("CI") != "true":
+        pytest.skip(f"{variable} is not set and {', '.join(missing)} not installed: no real {name} to test")
+    try:
+        return engines.start([name], use_env=False)[variable]
+    except engines.EngineError as exc:
+        pytest.fail(f"{variable} is not set and the {name} engine did not start: {exc}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """kafka://HOST:PORT of a real Kafka broker (see _engine)."""
+    return "kafka://" + _engine("KAFKA_BOOTSTRAP", "kafka").removeprefix("kafka://")
+
+
+@pytest.fixture(scope="session")
+def es_url() -> str:
+    """http(s)://HOST:PORT of a real OpenSearch (or Elasticsearch) cluster (see _engine)."""
+    return _engine("ES_URL", "opensearch").rstrip("/")
+
+
+def es_settings(url: str, **overrides) -> config.ElasticsearchSettings:
+    """The sink's settings for a test on the cluster at ``url``: short retries. $ES_CA_FILE: a cluster's own CA
+    (its credentials come from NEWSMON_ES_API_KEY or NEWSMON_ES_USERNAME/PASSWORD, as in production)."""
+    import os
+
+    values = {"url": url, "ca_file": os.environ.get("ES_CA_FILE") or None, "backoff_max": 0.2, "give_up_after": 10.0}
+    return config.ElasticsearchSettings(**{**values, **overrides})
+
+
+@pytest.fixture
+def es_prefix(es_url):
+    """A fresh index prefix on the search cluster; its template and indices are deleted afterwards."""
+    import uuid
+
+    from sinks.elasticsearch import EsIndex, ServiceError
+
+    name = f"newsmon-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    index = EsIndex(es_settings(es_url, index_prefix=name))
+    try:
+        for concrete in index._call("GET", f"/{name}-*/_alias"):
+            index._call("DELETE", f"/{concrete}")
+        index._call("DELETE", f"/_index_template/{name}")
+    except ServiceError as exc:  # a test that never connected installed no template
+        assert "404" in str(exc), exc
+    finally:
+        index.close()
 
 
 def free_port() -> int:

@@ -7,8 +7,8 @@ import io
 import itertools
 import json
 import tracemalloc
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pytest

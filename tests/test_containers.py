@@ -325,7 +325,8 @@ def test_dockerfile_copies_only_what_the_build_context_lets_in():
 
 def test_dockerignore_keeps_secrets_venv_and_data_out_and_lets_the_package_in():
     rules = dockerignore_rules()
-    for path in (".venv", ".venv/bin/python", "data", "data/queue.db", ".git", ".env", "deploy/alert.env",
+    for path in (".venv", ".venv/bin/python", "data", "data/queue.db", ".engines/kafka/lib", ".git", ".env",
+                 "deploy/alert.env",
                  "tests", "bench", "newsmon/__pycache__/cli.cpython-311.pyc", ".pytest_cache", "newsmon.egg-info"):
         assert not in_build_context(path, rules), f"{path} would be sent to the Docker build"
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -470,6 +471,33 @@ def test_index_writes_to_the_elasticsearch_service(compose):
     kibana = compose["services"]["kibana"]
     assert kibana["profiles"] == ["kibana"]
     assert kibana["image"].rpartition(":")[2] == es["image"].rpartition(":")[2], "Kibana and Elasticsearch versions"
+
+
+def _engine_version(engine: str, name: str) -> str:
+    """The version of an engine the tests run (deploy/engines/ENGINE/pom.xml)."""
+    pom = (DEPLOY / "engines" / engine / "pom.xml").read_text(encoding="utf-8")
+    return re.search(rf"<{re.escape(name)}>([^<]+)</", pom).group(1)
+
+
+def test_the_opensearch_profile_runs_the_tested_version_beside_elasticsearch(compose):
+    """The product is chosen by the sink's detection (GET /), so the profile needs no newsmon setting:
+    NEWSMON_ES_URL points the index stage and the API at it, and they wait for it when the profile is on."""
+    node = compose["services"]["opensearch"]
+    assert node["profiles"] == ["opensearch"]
+    assert node["image"] == f"opensearchproject/opensearch:{_engine_version('opensearch', 'opensearch.version')}"
+    node_env = env_of(node)
+    assert node_env["discovery.type"] == "single-node" and "-Xmx" in node_env["OPENSEARCH_JAVA_OPTS"]
+    # Security off is for local use only, so the port is on the host's loopback, beside Elasticsearch's.
+    assert node_env["DISABLE_SECURITY_PLUGIN"] == "true" and node["ports"] == ["127.0.0.1:9201:9200"]
+    assert "_cluster/health" in " ".join(node["healthcheck"]["test"])
+    assert "os-data" in compose["volumes"] and "os-data:/usr/share/opensearch/data" in node["volumes"]
+    for name in ("index", "api"):
+        assert compose["services"][name]["depends_on"]["opensearch"] == {"condition": "service_healthy",
+                                                                         "required": False}, name
+
+
+def test_compose_runs_the_kafka_the_tests_run(compose):
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{_engine_version('kafka', 'kafka.version')}"
 
 
 def test_stages_scale_and_alert_stays_single(compose):

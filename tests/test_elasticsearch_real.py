@@ -1,63 +1,50 @@
-"""The Elasticsearch scenarios against a real cluster: set ES_URL to run them.
+"""The search index straight on the real node: the template and its analyzers, search, stories, the API.
 
-    ES_URL=http://localhost:9200 make test
+The node is the OpenSearch one `make engines` starts (the ``es_url`` fixture), or $ES_URL, a cluster of
+your own (Elasticsearch 8/9 or OpenSearch 2/3):
+
     ES_URL=https://es:9200 NEWSMON_ES_API_KEY=… ES_CA_FILE=ca.pem .venv/bin/python -m pytest tests/test_elasticsearch_real.py
 
-Each test writes under its own index prefix and deletes its template and indices after.
-An outage is simulated by a TCP relay in front of the cluster that the test cuts and restores;
-the 429/503 scenarios need a server that can be told to fail, so they run on tests/fake_es.py only.
+Each test writes under its own index prefix and deletes its template and indices after. Faults the
+node does not produce on demand are in tests/test_elasticsearch.py, through tests/es_proxy.py.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import os
-import socket
-import socketserver
-import threading
-import uuid
-from urllib.parse import urlsplit
 
 import pytest
 
-from newsmon.app.stages import TAGGED
-from newsmon.bus import DEAD_LETTERS, SqliteBus
-from newsmon.dates import to_epoch
-from newsmon.record import article_id
-from newsmon.runner import Stage, process_batch
+from newsmon.app.stages import open_index
+from newsmon.query import parse
+from newsmon.record import Article, article_id
 from newsmon.search import Filters
-from newsmon.settings import ElasticsearchSettings
 from newsmon.text import MARK_CLOSE, MARK_OPEN
-from sinks.elasticsearch import EsIndex, index_for, to_document
-from tests.conftest import wait_for
-from tests.test_elasticsearch import (
-    _article,
-    _count_logged,
-    _index_stage_thread,
-    _story_articles,
-)
+from sinks.elasticsearch import LANGUAGE_ANALYZERS, EsIndex, index_for, search_body, to_document
+from tests.conftest import es_settings
+from tests.test_elasticsearch import _article, stored
 
-ES_URL = os.environ.get("ES_URL", "")
-pytestmark = pytest.mark.skipif(not ES_URL, reason="ES_URL is not set: no real Elasticsearch/OpenSearch cluster to test")
-
-
-def _settings(url: str = ES_URL, **overrides) -> ElasticsearchSettings:
-    values = {"url": url, "ca_file": os.environ.get("ES_CA_FILE") or None, "backoff_max": 0.2, "give_up_after": 10.0}
-    return ElasticsearchSettings(**{**values, **overrides})
+# One sentence per mapped language, with its inflections and stop words: each language's analyzer must
+# change it (stem a word or drop one) where the standard analyzer would not.
+SAMPLES = {
+    "ar": "الكتب في البيوت", "bg": "книгите и масите", "ca": "els llibres de les cases", "cs": "knihy a stoly",
+    "da": "bøgerne og husene", "de": "die Häuser und Straßen", "el": "τα βιβλία και τα σπίτια",
+    "en": "the councils approved budgets", "es": "las ciudades y los pueblos", "fi": "talot ja kadut",
+    "fr": "les alliés promettent une aide", "hu": "a házak és az utcák", "id": "rumah-rumah dan jalanan",
+    "it": "le città e i paesi", "lv": "mājas un ielas", "nl": "de huizen en straten", "no": "husene og gatene",
+    "pt": "as cidades e os povos", "ro": "casele și străzile orașelor", "ru": "дома и улицы",
+    "sv": "husen och gatorna", "tr": "evler ve sokaklar",
+}
 
 
 @pytest.fixture
-def prefix():
-    """A fresh index prefix; its template and indices are deleted afterwards."""
-    name = f"newsmon-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    index = EsIndex(_settings(index_prefix=name))
-    try:
-        for concrete in index._call("GET", f"/{name}-*/_alias"):
-            index._call("DELETE", f"/{concrete}")
-        index._call("DELETE", f"/_index_template/{name}")
-    finally:
-        index.close()
+def index(es_url, es_prefix, tmp_path):
+    """The sink and search backend on the node, template installed, under the test's own prefix."""
+    opened = EsIndex(es_settings(es_url, index_prefix=es_prefix), stories=tmp_path / "stories.db").connect()
+    yield opened
+    opened.close()
 
 
 def _refreshed(index: EsIndex) -> EsIndex:
@@ -66,172 +53,131 @@ def _refreshed(index: EsIndex) -> EsIndex:
     return index
 
 
-def _stored_ids(index: EsIndex) -> list[str]:
-    answer = _refreshed(index)._call("POST", f"/{index.prefix}/_search",
-                                     json={"size": 10_000, "_source": False, "query": {"match_all": {}}})
-    return [hit["_id"] for hit in answer["hits"]["hits"]]
+def _tokens(index: EsIndex, target: str, **analysis) -> list[str]:
+    return [t["token"] for t in index._call("POST", f"{target}/_analyze", json=analysis)["tokens"]]
 
 
-def test_connects_and_installs_the_template_idempotently(prefix):
-    index = EsIndex(_settings(index_prefix=prefix)).connect()
-    index.connect()
-    installed = index._call("GET", f"/_index_template/{prefix}")["index_templates"]
-    assert [t["name"] for t in installed] == [prefix]
-    assert index.product.split()[0] in ("Elasticsearch", "OpenSearch")
-    index.close()
+def test_the_template_s_analyzers_on_the_node(index):
+    """Every language analyzer the template maps, and the folding one, as the node runs them."""
+    assert set(SAMPLES) == set(LANGUAGE_ANALYZERS)
+    monthly = f"/{index.prefix}-2026.02"
+    index._ensure_index(monthly[1:])  # an index created from the template
+    for lang, text in SAMPLES.items():
+        mapped = _tokens(index, monthly, field=f"text_{lang}", text=text)
+        assert mapped == _tokens(index, "", analyzer=LANGUAGE_ANALYZERS[lang], text=text), lang
+        assert mapped and mapped != _tokens(index, "", analyzer="standard", text=text), (lang, mapped)
+    assert _tokens(index, monthly, field="text_fr", text="Les alliés promettent") == ["alie", "prometent"]
+    assert _tokens(index, monthly, field="text_en", text="The councils approved") == ["council", "approv"]
+    assert _tokens(index, monthly, field="text_de", text="die Häuser") == ["haus"]
+    assert _tokens(index, monthly, field="text", text="Sécurité À Ærøskøbing") == ["securite", "a", "aeroskobing"]
+    assert _tokens(index, monthly, field="title", text="ÉTÉ") == ["ete"]
 
 
-def test_reindexing_updates_never_duplicates(prefix):
-    index = EsIndex(_settings(index_prefix=prefix)).connect()
+def test_reindexing_updates_never_duplicates(index):
     assert index.write([_article(n) for n in range(3)]) == []
     again = [_article(n, text="Updated: the council met again.") for n in range(3)]
     for article in again:
-        article.fetched = "2026-07-09T10:00:00Z"
+        article.fetched = "2026-07-09T10:00:00Z"  # re-fetched months later: same index, decided by the article
     assert index.write(again) == []
-    assert sorted(_stored_ids(index)) == sorted(a.id for a in again)
-    assert all(h.article.text.startswith("Updated") for h in index.search("council", limit=10).hits)
-    index.close()
+    _refreshed(index)
+    hits = index.search("council", limit=10).hits
+    assert sorted(h.article.id for h in hits) == sorted(a.id for a in again)
+    assert all(h.article.text.startswith("Updated") for h in hits)
+    assert index.count() == 3
 
 
-def test_mapping_error_goes_to_dead_letters_and_the_rest_is_indexed(prefix, tmp_path):
-    bus = SqliteBus(tmp_path / "queue.db")
-    articles = [_article(n) for n in range(4)]
-    articles[1].published = "last Tuesday"
-    for article in articles:
-        bus.publish(TAGGED, article.id, article.to_json())
-    bus.flush()
-    index = EsIndex(_settings(index_prefix=prefix)).connect()
-    result = process_batch(Stage("index", TAGGED, sink=index), bus,
-                           bus.consumer("index", [TAGGED]), max_records=50)
-    assert (result.consumed, result.produced, result.failed) == (4, 3, 1)
-    assert sorted(_stored_ids(index)) == sorted(a.id for n, a in enumerate(articles) if n != 1)
-    [dead] = bus.recent(DEAD_LETTERS, 10)
-    assert dead.key == articles[1].id and "last Tuesday" in dead.headers["error"]
-    index.close()
-    bus.close()
-
-
-def test_language_analyzers_folding_and_search_features(prefix):
-    index = EsIndex(_settings(index_prefix=prefix)).connect()
+def test_search_backend_features(index):
     index.write([
-        _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés promettent une aide militaire.",
+        _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés parlent de sécurité et de défense.",
                  tags=["nato"], published="2026-02-12T16:45:00Z"),
         _article(2, language="en", title="Harbour budget", text="The councils approved the harbour budgets.",
                  published="2026-02-10T09:00:00Z"),
-        _article(3, language="de", title="Klimaschutz", text="Der Rat beschließt das Wärmenetz.", tags=["climate"],
-                 published="2026-01-05T09:00:00Z"),
+        _article(3, language="en", title="Security talks", text="Security talks in Brussels: NATO allies meet.",
+                 tags=["nato"], published="2026-01-05T09:00:00Z"),
+        _article(4, language="de", title="Klimaschutz", text="Der Rat beschließt das Wärmenetz für den Klimaschutz.",
+                 tags=["climate"], published="2026-02-01T09:00:00Z"),
     ])
     _refreshed(index)
-    found = index.search("securite")
-    assert [h.article.id for h in found.hits] == [article_id("https://news.example.org/a1")]
-    assert f"{MARK_OPEN}sécurité{MARK_CLOSE}" in found.hits[0].snippet
-    assert [h.article.title for h in index.search("allié").hits] == ["La sécurité de l'Europe"]  # french stemming
-    assert [h.article.title for h in index.search("council budget").hits] == ["Harbour budget"]  # english stemming
+    # Accent folding: securite finds sécurité, with the match highlighted.
+    result = index.search("securite")
+    assert [h.article.id for h in result.hits] == [article_id("https://news.example.org/a1")]
+    assert f"{MARK_OPEN}sécurité{MARK_CLOSE}" in result.hits[0].snippet
+    # Stemming on the language fields: "allié" finds "alliés", "council budget" finds "councils ... budgets".
+    assert [h.article.title for h in index.search("allié").hits] == ["La sécurité de l'Europe"]
+    assert [h.article.title for h in index.search("council budget").hits] == ["Harbour budget"]
+    # OR, phrases, exclusion, prefix.
+    assert {h.article.title for h in index.search("securite OR security").hits} == {"La sécurité de l'Europe", "Security talks"}
+    assert [h.article.title for h in index.search('"harbour budgets"').hits] == ["Harbour budget"]
+    assert [h.article.title for h in index.search("councils -harbour").hits] == []
     assert [h.article.title for h in index.search("klima*").hits] == ["Klimaschutz"]
-    assert [h.article.title for h in index.search("", Filters(tags=["nato"])).hits] == ["La sécurité de l'Europe"]
-    page = index.search("", sort="date", limit=1, offset=1)
-    assert page.total == 3 and [h.article.title for h in page.hits] == ["Harbour budget"]
-    assert page.facets["language"] == {"fr": 1, "en": 1, "de": 1}
-    index.close()
+    # Filters, date range, sort by date, pagination, facets.
+    assert [h.article.title for h in index.search("", Filters(tags=["nato"]), sort="date").hits] == [
+        "La sécurité de l'Europe", "Security talks"]
+    assert [h.article.title for h in index.search("", Filters(languages=["en"], since="2026-02-01T00:00:00Z")).hits] == [
+        "Harbour budget"]
+    page = index.search("", sort="date", limit=2, offset=2)
+    assert page.total == 4 and [h.article.title for h in page.hits] == ["Klimaschutz", "Security talks"]
+    assert page.facets["language"] == {"en": 2, "fr": 1, "de": 1}
+    assert page.facets["tag"] == {"nato": 2, "climate": 1}
+    # Records come back whole, tags included.
+    hit = index.search("klimaschutz").hits[0].article
+    assert hit.tags[0].topic == "climate" and hit.tags[0].terms == {"climate": 1}
+    assert index.get(article_id("https://news.example.org/a4")).title == "Klimaschutz"
 
 
-class _Relay:
-    """A TCP relay in front of the cluster: ``cut()`` is an outage, ``restore()`` its end."""
-
-    def __init__(self, target: tuple[str, int]):
-        relay = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self):
-                if not relay.up.is_set():
-                    return
-                with socket.create_connection(target, timeout=10) as upstream:
-                    relay.open.append((self.request, upstream))
-                    pump = threading.Thread(target=_pump, args=(upstream, self.request), daemon=True)
-                    pump.start()
-                    _pump(self.request, upstream)
-                    pump.join()
-
-        self.up, self.open = threading.Event(), []
-        self.up.set()
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    def cut(self) -> None:
-        self.up.clear()
-        for pair in self.open:
-            for sock in pair:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        self.open.clear()
-
-    def restore(self) -> None:
-        self.up.set()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def test_query_syntax_cannot_inject(index):
+    """Backend syntax in a query is plain text: the request carries only structured clauses."""
+    index.write([_article(1, text="The council met."), _article(2, text="Budget cuts.")])
+    _refreshed(index)
+    for hostile in ['text:* OR _id:*', '{"match_all": {}}', "council) | (budget~2"]:
+        assert index.search(hostile).total <= 1, hostile
+    # Punctuation alone has no words to match: it browses everything, like the empty query does.
+    for punctuation in ["*", "+-|\\"]:
+        assert search_body(parse(punctuation), Filters(), sort="relevance", limit=10, offset=0)["query"]["bool"]["must"] \
+            == [{"match_all": {}}], punctuation
+    body = search_body(parse("text:* OR _id:*"), Filters(), sort="relevance", limit=10, offset=0)
+    assert "query_string" not in json.dumps(body)
+    clauses = body["query"]["bool"]["must"][0]["bool"]["should"]
+    # Analysed as text (a prefix of "text:"), never parsed as field syntax.
+    assert [(c["multi_match"]["query"], c["multi_match"]["type"]) for c in clauses] \
+        == [("text:", "phrase_prefix"), ("_id:", "phrase_prefix")]
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        try:
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+def test_search_when_nothing_is_indexed_yet(es_url, es_prefix):
+    reader = EsIndex(es_settings(es_url, index_prefix=es_prefix)).connect(install=False)
+    assert reader.search("anything").total == 0
+    reader.close()
 
 
-@pytest.mark.slow
-def test_outage_during_a_stream_loses_nothing(prefix, make_settings):
-    parts = urlsplit(ES_URL)
-    if parts.scheme != "http":
-        pytest.skip("the outage relay forwards plain HTTP only (TLS would not match the relay's host name)")
-    relay = _Relay((parts.hostname, parts.port or 9200))
-    settings = make_settings(**{"elasticsearch": {"url": f"http://127.0.0.1:{relay.port}", "index_prefix": prefix, "bulk_docs": 20,
-                                                  "flush_seconds": 0.05, "backoff_max": 0.2, "give_up_after": 1.0}})
-    bus = SqliteBus(settings.data_dir / "queue.db")
-    stop = threading.Event()
-    thread = _index_stage_thread(settings, stop)
-    try:
-        relay.cut()
-        for n in range(200):
-            article = _article(n)
-            bus.publish(TAGGED, article.id, article.to_json())
-        bus.flush()
-        failures = _count_logged("stage index: sink unavailable")
-        with failures:
-            wait_for(lambda: failures.count >= 2, 60, "the stage retrying while the cluster is unreachable")
-        assert bus.backlog("index", TAGGED) == 200
-        relay.restore()
-        wait_for(lambda: bus.backlog("index", TAGGED) == 0, 120, "the backlog indexed after the outage")
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        relay.close()
-    index = EsIndex(_settings(index_prefix=prefix))
-    assert len(_stored_ids(index)) == 200
-    assert bus.size(DEAD_LETTERS) == 0
-    index.close()
-    bus.close()
+# -- near-duplicate stories and the API ---------------------------------------------------------
+
+STORY = ("The port authority of Ellis confirmed on Tuesday that three NATO frigates will dock next week "
+         "to load equipment bound for Ukraine, the largest such shipment since the spring. Dock workers "
+         "said the preparations began overnight and would continue through the weekend, with road closures "
+         "around the northern quay. The mayor welcomed the visit and promised minimal disruption to ferries.")
+TRIMMED_COPY = STORY.replace(" The mayor welcomed the visit and promised minimal disruption to ferries.", "")
+OTHER_STORY = ("The city council approved a new cycling lane along the river on Monday after a long debate about "
+               "parking spaces, trees and the cost of the works, which begin in April and last four months.")
 
 
-def test_stories_collapse_with_their_copies_and_count_once(prefix, tmp_path):
+def _story_articles(copy_published: str = "2026-02-12T10:00:00Z") -> tuple[Article, Article, Article]:
+    """An original, its trimmed copy from another source, and a different story."""
+    first = _article(1, title="NATO frigates to dock at Ellis", text=STORY, published="2026-02-12T08:00:00Z",
+                     tags=["harbour"])
+    copy = _article(2, title="Frigates due in Ellis port", text=TRIMMED_COPY, published=copy_published,
+                    tags=["harbour"])
+    other = _article(3, title="Cycling lane approved", text=OTHER_STORY, published="2026-02-11T09:00:00Z",
+                     tags=["harbour"])
+    first.source, copy.source, other.source = "Ellis Post", "Wire", "Wire"
+    return first, copy, other
+
+
+def test_stories_collapse_with_their_copies_and_count_once(index, es_url, tmp_path):
     """collapse on story, the story's articles as inner hits, cardinality counts (total, facets, timeline)."""
-    index = EsIndex(_settings(index_prefix=prefix), stories=tmp_path / "stories.db").connect()
     first, copy, other = _story_articles(copy_published="2026-02-13T07:00:00Z")
     assert index.write([first, copy, other]) == []
+    assert {doc_id: doc["story"] for doc_id, doc in stored(es_url, index.prefix).items()} == {
+        first.id: first.id, copy.id: first.id, other.id: other.id}
     _refreshed(index)
     result = index.search("frigates OR cycling")
     assert (result.total, result.articles, len(result.hits)) == (2, 3, 2)
@@ -239,46 +185,80 @@ def test_stories_collapse_with_their_copies_and_count_once(prefix, tmp_path):
     others = {first.id, copy.id} - {grouped.article.id}
     assert [d["id"] for d in grouped.duplicates] == list(others)
     assert set(grouped.duplicates[0]) == {"id", "url", "title", "source", "language", "published"}
+    assert next(h for h in result.hits if h.story == other.id).duplicates == []
     assert result.facets["source"] == {"Wire": 2, "Ellis Post": 1} and result.facets["tag"] == {"harbour": 2}
+    # A story counts on each day it has an article (SQLite: on its first day only, see EsIndex.search).
     assert result.timeline == [("2026-02-11", 1), ("2026-02-12", 1), ("2026-02-13", 1)]
+    assert index.search("cycling").timeline == [("2026-02-11", 1)]
     assert [d["id"] for d in index.search("mayor").hits[0].duplicates] == [copy.id]  # unmatched copies listed too
     assert index.story(copy.id) == (first.id, [{"id": first.id, "url": first.url, "title": first.title,
                                                 "source": "Ellis Post", "language": "en",
                                                 "published": first.published}])
+    assert index.story(other.id) == (other.id, [])
+    assert index.story("0" * 32) is None
     assert index.search("frigates", limit=1, offset=1).hits == []  # from/size over stories
-    index.close()
+
+    # The sketches outlive the process: a copy indexed after a restart still joins its story.
+    again = EsIndex(es_settings(es_url, index_prefix=index.prefix), stories=tmp_path / "stories.db").connect()
+    late = _article(4, title="Ellis awaits NATO frigates", text=TRIMMED_COPY + " Ferries run as usual.")
+    again.write([late])
+    _refreshed(again)
+    assert again.story(late.id)[0] == first.id
+    assert again.search("frigates").total == 1
+    again.close()
 
 
-def test_export_pages_through_search_after(prefix):
-    index = EsIndex(_settings(index_prefix=prefix, bulk_docs=500)).connect()
-    count = 2_500  # three pages, and more than from/size could reach with a small max_result_window
-    for start in range(0, count, 500):
-        index.write([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
-                                    published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
-                           for n in range(start, start + 500)])
-    _refreshed(index)
-    records = list(index.export("harbour"))
-    assert len(records) == len({r["id"] for r in records}) == count
-    order = [(to_epoch(r["published"]), r["id"]) for r in records]
-    assert order == sorted(order, key=lambda o: (-o[0], o[1]))
-    assert all(r["text"] and r["story"] == r["id"] for r in records)
-    assert all("text" not in r for r in index.export("harbour", text=False))
-    index.close()
-
-
-def test_documents_from_before_stories_are_backfilled(prefix):
+def test_documents_from_before_stories_are_backfilled(index):
     """Documents written without a story (an older newsmon) get the field mapped and set to their own id."""
-    index = EsIndex(_settings(index_prefix=prefix)).connect()
     old = [_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
     lines = []
     for article in old:
         doc = to_document(article)
         del doc["story"]
-        lines += [json.dumps({"index": {"_index": index_for(article, prefix), "_id": article.id}}), json.dumps(doc)]
+        lines += [json.dumps({"index": {"_index": index_for(article, index.prefix), "_id": article.id}}),
+                  json.dumps(doc)]
     index._call("POST", "/_bulk", params={"refresh": "true"}, content=("\n".join(lines) + "\n").encode(),
                 headers={"Content-Type": "application/x-ndjson"})
+    before = index.search("harbour")
+    assert (before.total, before.articles, len(before.hits)) == (0, 5, 1)  # all in one group, and none counted
     index.connect()
     result = _refreshed(index).search("harbour")
     assert (result.total, result.articles, len(result.hits)) == (5, 5, 5)
     assert {h.story for h in result.hits} == {a.id for a in old}
-    index.close()
+
+
+def test_the_api_over_the_search_node(es_url, es_prefix, make_settings):
+    from fastapi.testclient import TestClient
+
+    from newsmon.api import create_app
+
+    settings = make_settings(**{"elasticsearch": {"url": es_url, "index_prefix": es_prefix}})
+    writer = open_index(settings)
+    first, copy, other = _story_articles()
+    assert writer.write([first, copy, other]) == []
+    _refreshed(writer).close()
+    assert (settings.data_dir / "stories.db").exists()
+
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/api/search", params={"q": "frigates OR cycling"}).json()
+        assert (body["total"], body["articles"]) == (2, 3)
+        grouped = next(h for h in body["hits"] if h["story"] == first.id)
+        assert "<mark>frigates</mark>" in grouped["snippet"].lower()
+        assert len(grouped["duplicates"]) == 1
+        assert {"value": "harbour", "count": 2} in body["facets"]["tag"]
+        assert body["facets"]["source"] == [{"value": "Wire", "count": 2}, {"value": "Ellis Post", "count": 1}]
+        assert body["timeline"] == [{"day": "2026-02-11", "count": 1}, {"day": "2026-02-12", "count": 1}]
+        assert client.get("/api/search", params={"q": "frigates", "page": 2, "size": 1}).json()["hits"] == []
+
+        record = client.get(f"/api/articles/{copy.id}").json()
+        assert record["title"] == copy.title and record["text"] == TRIMMED_COPY
+        assert record["story"] == first.id and [d["id"] for d in record["duplicates"]] == [first.id]
+        assert client.get(f"/api/articles/{'0' * 32}").status_code == 404
+
+        rows = list(csv.DictReader(io.StringIO(client.get("/api/search.csv", params={"q": "frigates"}).text)))
+        assert sorted((r["id"], r["story"]) for r in rows) == sorted([(first.id, first.id), (copy.id, first.id)])
+        assert rows[0]["id"] == copy.id  # newest first
+        lines = client.get("/api/search.ndjson", params={"tag": "harbour"}).text.splitlines()
+        records = [json.loads(line) for line in lines]
+        assert sorted(r["id"] for r in records) == sorted([first.id, copy.id, other.id])
+        assert all(r["text"] and r["story"] for r in records)

@@ -1,11 +1,12 @@
-"""The pipeline on a real Kafka-protocol broker: stages as separate OS processes.
+"""The pipeline on a real Kafka broker: stages as separate OS processes.
 
-The broker is librdkafka's mock cluster (3 brokers on 127.0.0.1) started by the
-``kafka_bootstrap`` fixture, or a real Kafka when $KAFKA_BOOTSTRAP is set. Every test
-uses its own topic prefix, so tests never see each other's messages or groups.
+The broker is the one `make engines` starts (the ``kafka_bootstrap`` fixture), or $KAFKA_BOOTSTRAP.
+It does not create topics on first use (as in production): every test creates its own, under its
+own prefix, so tests never see each other's messages or groups, and deletes them after.
 """
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -16,30 +17,69 @@ from pathlib import Path
 
 import pytest
 
-from newsmon.app.stages import DISCOVERED, TAGGED
+from newsmon.app.stages import ALL_TOPICS, DETECTED, DISCOVERED, TAGGED
 from newsmon.bus import DEAD_LETTERS
-from newsmon.kafka_bus import KafkaBus
+from newsmon.kafka_bus import KafkaBus, create_topics
 from newsmon.record import Article, article_id
-from tests.conftest import EURONEWS_SLUG, NEWSMON, wait_for, write_feeds
+from newsmon.settings import parse_bootstrap
+from tests.conftest import EURONEWS_SLUG, NEWSMON, free_port, wait_for, write_feeds
 from tests.sites import Page, TestSite, article_html, rss
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def prefix():
-    return f"t{uuid.uuid4().hex[:8]}."
+PARTITIONS = 4
+
+
+def create(bootstrap: str, prefix: str, names=ALL_TOPICS, partitions: int = PARTITIONS) -> None:
+    outcome = create_topics(bootstrap, [prefix + name for name in names], partitions, 1)
+    assert all(what.startswith("created") for what in outcome.values()), outcome
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(bootstrap), client_id="newsmon-tests")
+    try:
+        if mine := [name for name in admin.list_topics() if name.startswith(prefix)]:
+            admin.delete_topics(mine)
+    finally:
+        admin.close()
 
 
 @pytest.fixture
-def env(config_dir, tmp_path, kafka_bootstrap, prefix):
+def prefix(kafka_bootstrap):
+    """A fresh topic and group prefix; its topics are deleted afterwards."""
+    name = f"t{uuid.uuid4().hex[:8]}."
+    yield name
+    delete_topics(kafka_bootstrap, name)
+
+
+def write_pipeline_config(config_dir: Path, prefix: str, **kafka) -> None:
+    settings = {"prefix": prefix, "partitions": PARTITIONS, "session_timeout_ms": 6000, **kafka}
     (config_dir / "pipeline.yaml").write_text(
-        f"kafka:\n  prefix: '{prefix}'\n  session_timeout_ms: 6000\nextract:\n  workers: 1\n"
-        "runner:\n  batch_size: 10\n  processes: 0\nfetch:\n  concurrency: 4\n"
+        "kafka:\n" + "".join(f"  {key}: {value!r}\n" for key, value in settings.items())
+        + "extract:\n  workers: 1\nrunner:\n  batch_size: 10\n  processes: 0\n"
+        # On two loaded cores (other suites, the broker, five stage processes starting) a poller's loopback
+        # connect to the demo site has been seen to take over the default 5 s: these tests are about Kafka.
+        "fetch:\n  concurrency: 4\n  connect_timeout: 30\n"
         "poll:\n  adapt_factor: 1\n"  # fixed intervals: the poller tests count polling rounds
     )
+
+
+@pytest.fixture
+def bare_env(config_dir, tmp_path, kafka_bootstrap, prefix):
+    """The environment of newsmon commands on the broker under the test's prefix; no topic exists yet."""
+    write_pipeline_config(config_dir, prefix)
     return {**os.environ, "NEWSMON_CONFIG_DIR": str(config_dir), "NEWSMON_DATA_DIR": str(tmp_path / "data"),
             "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32", "NEWSMON_BUS": kafka_bootstrap}
+
+
+@pytest.fixture
+def env(bare_env, kafka_bootstrap, prefix):
+    """bare_env with the pipeline's topics created."""
+    create(kafka_bootstrap, prefix)
+    return bare_env
 
 
 def env_config(env) -> Path:
@@ -115,7 +155,8 @@ def _site(count, delay=0.0):
     return TestSite(routes)
 
 
-def test_bus_round_trip_commit_lag_and_rewind(env):
+def test_bus_round_trip_commit_lag_and_rewind(env, prefix):
+    create(env["NEWSMON_BUS"], prefix, ["t"])
     bus = _bus(env)
     for i in range(20):
         bus.publish("t", f"k{i}", f"v{i}".encode(), {"stage": "test"})
@@ -142,10 +183,16 @@ def test_bus_round_trip_commit_lag_and_rewind(env):
     bus.close()
 
 
-def test_demo_over_kafka_with_stages_as_processes(env, tmp_path):
-    result = subprocess.run(NEWSMON + ["demo", "--port", "0"], env=env, capture_output=True, text=True, timeout=300)
+def test_demo_over_kafka_with_stages_as_processes(bare_env, tmp_path):
+    """The demo creates the topics it needs (the broker does not create them on first use)."""
+    env, port = bare_env, str(free_port())
+    result = subprocess.run(NEWSMON + ["demo", "--port", port], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "14 new articles discovered, 14 indexed, 0 failed" in result.stdout
+    # Again on the same site: nothing new, and the stages, stopped while still starting, stop cleanly.
+    again = subprocess.run(NEWSMON + ["demo", "--port", port], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 new articles discovered, 0 indexed, 0 failed" in again.stdout
     records = _indexed(env)
     assert len(records) == 14
     for record in records:
@@ -186,6 +233,14 @@ def test_kill_9_of_extract_and_index_loses_and_duplicates_nothing(env):
         assert len(lag) > 1 and set(lag.values()) == {0}, (stage, lag)
 
 
+def _holds(log: Path) -> list[str]:
+    """The partitions a stage instance said it consumes last (its log)."""
+    lines = [line for line in log.read_text().splitlines() if "this instance consumes" in line]
+    if not lines or "nothing" in lines[-1]:
+        return []
+    return json.loads(lines[-1])["message"].split(" consumes ")[1].split(", ")
+
+
 def test_two_tag_instances_share_the_partitions(env, tmp_path):
     count = 24
     with _site(count) as site:
@@ -193,12 +248,8 @@ def test_two_tag_instances_share_the_partitions(env, tmp_path):
         logs = [tmp_path / "tag1.log", tmp_path / "tag2.log"]
         tags = [_start(env, "stage", "tag", log=path) for path in logs]
 
-        def holds_partitions(path):
-            lines = [line for line in path.read_text().splitlines() if "this instance consumes" in line]
-            return bool(lines) and "nothing" not in lines[-1]
-
         # Work starts once both are in the group, or the first may take it all before the second joins.
-        _wait_for(lambda: all(holds_partitions(path) for path in logs), 60, "both tag instances assigned")
+        _wait_for(lambda: all(_holds(path) for path in logs), 60, "both tag instances assigned")
         others = [_start(env, "stage", name) for name in ("poll", "extract", "language", "index")]
         _wait_for(lambda: len(_indexed(env)) == count, 180, f"{count} articles indexed")
         assert _stop(*tags, *others) == [0] * 6
@@ -273,3 +324,93 @@ def test_two_pollers_split_the_feeds(env, tmp_path):
         assert len(set(agents)) == 1, f"{path} polled by both pollers: {agents}"
         settled[path] = agents[0]
     assert set(settled.values()) == {"poller-1", "poller-2"}, f"one poller polls everything: {settled}"
+
+
+def _newsmon(env, *args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(NEWSMON + list(args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_topics_create_makes_the_configured_partitions_once(bare_env, prefix, kafka_bootstrap):
+    from kafka.admin import KafkaAdminClient
+
+    first = _newsmon(bare_env, "topics", "create")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"{prefix}{t}: created ({PARTITIONS} partitions, replication 1)"
+                                         for t in ALL_TOPICS]
+    admin = KafkaAdminClient(bootstrap_servers=parse_bootstrap(kafka_bootstrap), client_id="newsmon-tests")
+    try:
+        described = admin.describe_topics([prefix + t for t in ALL_TOPICS])
+    finally:
+        admin.close()
+    assert {t["topic"]: len(t["partitions"]) for t in described} == {prefix + t: PARTITIONS for t in ALL_TOPICS}
+    again = _newsmon(bare_env, "topics", "create")
+    assert again.returncode == 0 and again.stdout.splitlines() == [f"{prefix}{t}: exists" for t in ALL_TOPICS]
+
+    # More replicas than brokers: the broker's reason, one line per topic, exit 1, no traceback.
+    write_pipeline_config(env_config(bare_env), prefix + "r3.", replication=3)
+    refused = _newsmon(bare_env, "topics", "create")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"Error: {len(ALL_TOPICS)} topic(s) not created" in refused.stderr
+    assert all(line.endswith("failed: InvalidReplicationFactorError: Replication-factor is invalid. "
+                             f"({PARTITIONS} partitions, replication 3, 1 broker(s))")
+               for line in refused.stdout.splitlines()), refused.stdout
+
+
+def test_no_broker_answering_is_one_line_not_a_traceback(bare_env):
+    malformed = _newsmon(bare_env, "stats", "--bus", "kafka://")
+    assert malformed.returncode == 1 and "Traceback" not in malformed.stderr, malformed.stderr
+    assert "bus: Value error, 'kafka://': expected 'embedded' or kafka://HOST:PORT" in malformed.stderr
+    nobody = f"kafka://127.0.0.1:{free_port()}"
+    for command in (["stats"], ["topics", "create"], ["dlq", "list"]):
+        result = _newsmon(bare_env, *command, "--bus", nobody)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.stderr.splitlines()[-1] == (f"Error: bus {nobody}: no Kafka broker answered "
+                                                  "(is it running, and is the address right?)"), (command, result.stderr)
+
+
+def test_a_consumer_names_missing_topics_and_heartbeats_a_third_of_the_session(bare_env, caplog):
+    bus = _bus(bare_env)
+    consumer = bus.consumer("g", ["nowhere"])
+    with caplog.at_level(logging.INFO):
+        _wait_for(lambda: consumer.poll(10, timeout=0.5) or "do not exist" in caplog.text, 60, "the warning")
+    consumer.close()
+    bus.close()
+    topic = bus.topic("nowhere")
+    assert f"g: topic(s) {topic} do not exist; create them with `newsmon topics create`" in caplog.text
+    assert "more instances than partitions" not in caplog.text
+    assert "heartbeat_interval_ms is high" not in caplog.text  # kafka-python warns when over a third of the session
+
+
+def test_partitions_of_a_killed_instance_move_to_the_survivor(env, tmp_path):
+    bus = _bus(env)
+    logs = [tmp_path / "tag1.log", tmp_path / "tag2.log"]
+    tags = [_start(env, "stage", "tag", log=path) for path in logs]
+    _wait_for(lambda: all(_holds(path) for path in logs), 60, "both tag instances assigned")
+    os.killpg(tags[0].pid, signal.SIGKILL)  # no goodbye: the group notices when its session times out
+    tags[0].wait()
+    keys = [f"k{i}" for i in range(24)]
+    for key in keys:
+        bus.publish(DETECTED, key, Article(id=key, url="u", canonical_url="u", feed_url="f", title="NATO").to_json())
+    bus.flush()
+    _wait_for(lambda: len(_holds(logs[1])) == PARTITIONS, 60, "the survivor holding every partition")
+    _wait_for(lambda: bus.backlog("tag", DETECTED) == 0, 60, "everything tagged and committed")
+    assert _stop(tags[1]) == [0]
+    assert sorted(m.key for m in bus.recent(TAGGED, 100)) == sorted(keys)
+    bus.close()
+
+
+def test_the_broker_keeps_what_the_mock_cluster_dropped(env, prefix):
+    """librdkafka's mock cluster kept about 5 MB per partition; a broker keeps what its retention says."""
+    create(env["NEWSMON_BUS"], prefix, ["big"], partitions=1)
+    bus = _bus(env)
+    values = [os.urandom(100_000) for _ in range(80)]  # 8 MB on one partition
+    for value in values:
+        bus.publish("big", "one-key", value)
+    bus.flush()
+    assert bus.size("big") == 80
+    consumer = bus.consumer("g", ["big"])
+    got = []
+    _wait_for(lambda: got.extend(consumer.poll(20, timeout=0.5)) or len(got) >= 80, 60, "8 MB read back")
+    assert [m.value for m in got] == values
+    consumer.close()
+    bus.close()

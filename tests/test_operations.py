@@ -18,7 +18,7 @@ from newsmon.app.runtime import run
 from newsmon.settings import ConfigWatch
 from sinks.sqlite_index import SqliteIndex
 from tests.conftest import NEWSMON, free_port, wait_for, write_feeds
-from tests.fake_es import FakeEs
+from tests.es_proxy import EsProxy
 from tests.sites import Page, TestSite, article_html, rss
 
 
@@ -85,13 +85,14 @@ def test_a_running_pipeline_serves_metrics_health_and_json_logs_and_reloads_on_s
     assert gone["level"] == "WARNING" and "404" in gone["message"]
 
 
-def test_readyz_follows_elasticsearch(make_settings, monkeypatch):
+def test_readyz_follows_elasticsearch(make_settings, monkeypatch, es_url, es_prefix):
     monkeypatch.setattr(runtime.BusProbe, "every", 0.2)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    fake = FakeEs().start()
-    fake.stop()  # down when the index stage starts
-    settings = make_settings(**{"metrics_addr": f"127.0.0.1:{port}", "elasticsearch": {"url": fake.url}})
+    proxy = EsProxy(es_url, verify=os.environ.get("ES_CA_FILE") or True).start()
+    proxy.stop()  # unreachable when the index stage starts
+    settings = make_settings(**{"metrics_addr": f"127.0.0.1:{port}",
+                                "elasticsearch": {"url": proxy.url, "index_prefix": es_prefix}})
     stop = threading.Event()
     thread = threading.Thread(target=run, args=(settings, []), kwargs={"names": ["index"], "once": False, "stop": stop},
                               daemon=True)
@@ -100,12 +101,12 @@ def test_readyz_follows_elasticsearch(make_settings, monkeypatch):
         down = _wait_for(lambda: httpx.get(f"{base}/readyz"), 30, "the readiness endpoint")
         assert down.status_code == 503 and "ConnectError" in down.json()["problems"]["search index"]
         assert httpx.get(f"{base}/healthz").status_code == 200  # alive, only not ready
-        fake.start(fake.port)
+        proxy.start(proxy.port)
         _wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "ready once Elasticsearch is back")
     finally:
         stop.set()
         thread.join(timeout=30)
-        fake.stop()
+        proxy.close()
 
 
 def test_feeds_and_keywords_reload_while_running(config_dir, make_settings):

@@ -125,6 +125,15 @@ def open_bus(settings: Settings) -> Bus:
                     max_poll_interval_ms=int(1000 * max(300, 2 * p.worst_batch_seconds())))
 
 
+def create_topics(settings: Settings) -> dict[str, str]:
+    """The pipeline's topics on Kafka, created where missing: what happened to each
+    (``kafka_bus.create_topics``: "created …", "exists", "not created: …" or "failed: …")."""
+    from newsmon.kafka_bus import create_topics as create
+
+    k = settings.pipeline.kafka
+    return create(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions, k.replication)
+
+
 def open_index(settings: Settings, *, writer: bool = True) -> SearchIndex | None:
     """The search index: Elasticsearch when configured, else SQLite in the data directory.
 

@@ -77,17 +77,17 @@ def topics() -> None:
 @bus_option
 def topics_create(bus: str | None) -> None:
     """Create the pipeline's topics with the partitions and replication set in pipeline.yaml (kafka: ...)."""
-    from newsmon.app.stages import ALL_TOPICS
-    from newsmon.kafka_bus import create_topics
+    from newsmon.app.stages import create_topics
 
     settings = load(bus)
     if settings.pipeline.bus == "embedded":
         click.echo("the embedded bus needs no topics")
         return
-    k = settings.pipeline.kafka
-    for topic, outcome in create_topics(settings.pipeline.bus, [k.prefix + t for t in ALL_TOPICS], k.partitions,
-                                        k.replication).items():
+    outcomes = create_topics(settings)
+    for topic, outcome in outcomes.items():
         click.echo(f"{topic}: {outcome}")
+    if failed := [topic for topic, outcome in outcomes.items() if outcome.startswith("failed")]:
+        raise click.ClickException(f"{len(failed)} topic(s) not created")
 
 
 @click.group()

@@ -54,9 +54,12 @@ def demo(port: int, bus: str | None) -> None:
 
 def _demo_on_kafka(settings: config.Settings, feeds: list[config.Feed], stop: threading.Event, reporter):
     from newsmon.app.runtime import run
-    from newsmon.app.stages import open_bus
+    from newsmon.app.stages import create_topics, open_bus
     from newsmon.app.supervise import start_stages, stop_stages, wait_until_drained
 
+    # Brokers that do not create topics on first use (production's) need them before the stages start.
+    if failed := {t: o for t, o in create_topics(settings).items() if o.startswith("failed")}:
+        raise click.ClickException("; ".join(f"{topic}: {outcome}" for topic, outcome in failed.items()))
     names = list(STAGES)
     env = {"NEWSMON_BUS": settings.pipeline.bus, "NEWSMON_DATA_DIR": str(settings.data_dir),
            "NEWSMON_CONFIG_DIR": str(settings.config_dir), "NEWSMON_ALLOW_PRIVATE": "127.0.0.1/32"}
