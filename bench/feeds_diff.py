@@ -27,9 +27,10 @@ import feedparser
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.feeds import FeedParseError, parse_feed  # noqa: E402
+from ingest.feeds import parse_feed  # noqa: E402
 from ingest.urls import canonicalize  # noqa: E402
-from newsmon.record import from_epoch  # noqa: E402
+from newsmon.dates import from_epoch  # noqa: E402
+from newsmon.errors import FeedParseError  # noqa: E402
 from newsmon.settings import Feed  # noqa: E402
 
 _CONTENT_TYPE = re.compile(rb"^\s*Header:\s*Content-type:\s*(.+?)\s*$", re.I | re.M)

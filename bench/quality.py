@@ -51,9 +51,10 @@ sys.path.insert(0, str(REPO))
 
 from enrich.keywords import KeywordTagger  # noqa: E402
 from enrich.language import detect_language  # noqa: E402
-from ingest.extract import ExtractionError, decode_html, extract_html  # noqa: E402
+from ingest.extract import decode_html, extract_html  # noqa: E402
 from ingest.pages import apply_extraction  # noqa: E402
 from newsmon import settings as config  # noqa: E402
+from newsmon.errors import ExtractionError  # noqa: E402
 from newsmon.record import Article  # noqa: E402
 
 

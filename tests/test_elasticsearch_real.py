@@ -230,7 +230,7 @@ def test_documents_from_before_stories_are_backfilled(index):
 def test_the_api_over_the_search_node(es_url, es_prefix, make_settings):
     from fastapi.testclient import TestClient
 
-    from newsmon.api import create_app
+    from newsmon.app.api.app import create_app
 
     settings = make_settings(**{"elasticsearch": {"url": es_url, "index_prefix": es_prefix}})
     writer = open_index(settings)
