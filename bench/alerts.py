@@ -36,7 +36,7 @@ from newsmon.app.stages import TAGGED  # noqa: E402
 from newsmon.bus import SqliteBus  # noqa: E402
 from newsmon.record import Article, article_id  # noqa: E402
 from sinks.alert_rules import RuleIndex, _evaluate, _Words  # noqa: E402
-from tests.receivers import WebhookReceiver  # noqa: E402
+from tests.support.receivers import WebhookReceiver  # noqa: E402
 
 
 def demo_articles(settings: config.Settings) -> list[Article]:

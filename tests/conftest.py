@@ -1,38 +1,16 @@
+"""The fixtures the test modules share; the helpers they share are in ``tests/support/``."""
+
 from __future__ import annotations
 
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from newsmon import settings as config
-
-REPO = Path(__file__).resolve().parent.parent
-SITE = REPO / "newsmon" / "app" / "demo_site"
-EURONEWS_SLUG = "otan-ukraine-aide-35-milliards"
-NEWSMON = [sys.executable, "-m", "newsmon.app.cli"]
-
-
-def wait_for(predicate, timeout: float, what: str, *, every: float = 0.05, detail=None, ignore=()):
-    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass
-    (AssertionError naming ``what``, plus ``detail()``). Exceptions of the types in ``ignore``
-    count as "not yet" (a server still starting)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if value := predicate():
-                return value
-        except ignore:
-            pass
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{detail()}" if detail else ""))
-
-
-def demo_page(slug: str, base_url: str = "http://127.0.0.1:8765") -> bytes:
-    return (SITE / "articles" / f"{slug}.html").read_bytes().replace(b"{{BASE_URL}}", base_url.encode())
+from tests.support.engines import engines
+from tests.support.harness import NEWSMON, REPO, free_port, start_server
+from tests.support.search_cluster import delete_prefix
 
 
 @pytest.fixture
@@ -42,10 +20,6 @@ def config_dir(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "config", target)
     (target / "feeds.yaml").write_text("feeds: []\n")
     return target
-
-
-def write_feeds(config_dir: Path, feeds: list[dict]) -> None:
-    (config_dir / "feeds.yaml").write_text(yaml.safe_dump({"feeds": feeds}))
 
 
 @pytest.fixture
@@ -65,19 +39,6 @@ def make_settings(config_dir: Path, tmp_path: Path):
         return config.load(config_dir, tmp_path / "data", overrides=values)
 
     return make
-
-
-def _load_engines():
-    """deploy/engines/engines.py, which `make engines` runs: the tests start the same engines the same way."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("engines", REPO / "deploy" / "engines" / "engines.py")
-    module = sys.modules["engines"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-    spec.loader.exec_module(module)
-    return module
-
-
-engines = _load_engines()
 
 
 def _engine(variable: str, name: str) -> str:
@@ -109,41 +70,14 @@ def es_url() -> str:
     return _engine("ES_URL", "opensearch").rstrip("/")
 
 
-def es_settings(url: str, **overrides) -> config.ElasticsearchSettings:
-    """The sink's settings for a test on the cluster at ``url``: short retries. $ES_CA_FILE: a cluster's own CA
-    (its credentials come from NEWSMON_ES_API_KEY or NEWSMON_ES_USERNAME/PASSWORD, as in production)."""
-    import os
-
-    values = {"url": url, "ca_file": os.environ.get("ES_CA_FILE") or None, "backoff_max": 0.2, "give_up_after": 10.0}
-    return config.ElasticsearchSettings(**{**values, **overrides})
-
-
 @pytest.fixture
 def es_prefix(es_url):
     """A fresh index prefix on the search cluster; its template and indices are deleted afterwards."""
     import uuid
 
-    from sinks.elasticsearch import EsIndex, ServiceError
-
     name = f"newsmon-test-{uuid.uuid4().hex[:8]}"
     yield name
-    index = EsIndex(es_settings(es_url, index_prefix=name))
-    try:
-        for concrete in index._call("GET", f"/{name}-*/_alias"):
-            index._call("DELETE", f"/{concrete}")
-        index._call("DELETE", f"/_index_template/{name}")
-    except ServiceError as exc:  # a test that never connected installed no template
-        assert "404" in str(exc), exc
-    finally:
-        index.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    delete_prefix(es_url, name)
 
 
 @pytest.fixture(scope="session")
@@ -161,30 +95,6 @@ def demo_data(tmp_path_factory) -> dict:
                             timeout=300)
     assert result.returncode == 0, result.stderr
     return env
-
-
-def start_server(env: dict) -> tuple[str, object]:
-    """``newsmon serve`` in a subprocess; its base URL once /healthz answers, and the process."""
-    import subprocess
-    import urllib.request
-
-    port = free_port()
-    proc = subprocess.Popen(NEWSMON + ["serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"newsmon serve exited {proc.returncode}: {proc.stderr.read()}")
-        with urllib.request.urlopen(base + "/healthz", timeout=2) as answer:  # 401 with a token: still up
-            return answer.status == 200
-
-    try:
-        wait_for(up, 30, "newsmon serve to answer /healthz", ignore=(OSError,))
-    except BaseException:
-        proc.kill()
-        raise
-    return base, proc
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ from newsmon.settings import AlertSettings, DigestSchedule, LanguageSettings, Su
 from sinks.alert_rules import RuleIndex
 from sinks.alerts import AlertLog, next_digest
 from sinks.stories import resemblance, sketch
-from tests.conftest import EURONEWS_SLUG, NEWSMON, REPO, demo_page, wait_for
-from tests.receivers import WebhookReceiver
+from tests.support.harness import EURONEWS_SLUG, NEWSMON, REPO, demo_page, wait_for
+from tests.support.receivers import WebhookReceiver
 
 FAST = AlertSettings(backoff_initial=0.05, backoff_max=0.2, request_timeout=5)
 STORY = ("The harbour council approved the budget for the new bridge on Monday after a long debate about costs, "

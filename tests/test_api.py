@@ -21,7 +21,7 @@ from newsmon.app.api.exports import csv_chunks, ndjson_chunks
 from newsmon.record import Article, TagHit, article_id
 from newsmon.settings import SubscribersFile
 from sinks.sqlite_index import SqliteIndex
-from tests.conftest import start_server
+from tests.support.harness import start_server
 
 pytestmark = pytest.mark.slow  # the demo pipeline runs once for the module (session fixture)
 

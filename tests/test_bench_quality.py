@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EURONEWS_SLUG, demo_page
+from tests.support.harness import EURONEWS_SLUG, demo_page
 from tests.test_metadata import TITLE, euronews
 
 REPO = Path(__file__).resolve().parent.parent

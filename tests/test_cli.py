@@ -12,8 +12,8 @@ import pytest
 
 from ingest.urls import canonicalize
 from newsmon.record import article_id
-from tests.conftest import EURONEWS_SLUG, NEWSMON, SITE, free_port, wait_for, write_feeds
-from tests.sites import Page, TestSite, article_html, rss
+from tests.support.harness import EURONEWS_SLUG, NEWSMON, SITE, free_port, wait_for, write_feeds
+from tests.support.sites import Page, TestSite, article_html, rss
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 
 from newsmon import settings as config
 from newsmon.errors import ConfigError
-from tests.conftest import NEWSMON, REPO, write_feeds
+from tests.support.harness import NEWSMON, REPO, write_feeds
 
 
 @pytest.fixture

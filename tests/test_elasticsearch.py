@@ -1,4 +1,4 @@
-"""The Elasticsearch/OpenSearch sink when things go wrong, on the real node behind tests/es_proxy.py:
+"""The Elasticsearch/OpenSearch sink when things go wrong, on the real node behind tests/support/es_proxy.py:
 429s and 503s for whole requests and single documents, a hung request, an outage, another product's
 answer to ``GET /``. Every document still lands in the real node, and is counted there.
 """
@@ -20,14 +20,14 @@ from newsmon.app.stages import TAGGED, open_index
 from newsmon.bus import DEAD_LETTERS, SqliteBus
 from newsmon.dates import to_epoch
 from newsmon.errors import ConfigError, ServiceError, SinkUnavailable
-from newsmon.record import Article, TagHit, article_id
 from newsmon.runner import Stage, process_batch
 from newsmon.search import Filters
 from newsmon.settings import Feed
 from sinks.elasticsearch import PAGE, EsIndex, index_for
-from tests.conftest import NEWSMON, es_settings, wait_for
-from tests.es_proxy import EsProxy
-from tests.sites import Page, TestSite, article_html, rss
+from tests.support.es_proxy import EsProxy
+from tests.support.harness import NEWSMON, wait_for
+from tests.support.search_cluster import call, es_settings, news_article, refresh, stored
+from tests.support.sites import Page, TestSite, article_html, rss
 
 # GET / of the products the sink supports besides the node under test (the REST API documentation's shape).
 ROOTS = {
@@ -56,28 +56,6 @@ def _settings(proxy: EsProxy, prefix: str, **overrides):
     return es_settings(proxy.url, **{**values, **overrides})
 
 
-def stored(es_url: str, prefix: str) -> dict[str, dict]:
-    """Every document under ``prefix`` on the node itself (not through the proxy), by id."""
-    index = EsIndex(es_settings(es_url, index_prefix=prefix))
-    try:
-        index._call("POST", f"/{prefix}-*/_refresh", params={"allow_no_indices": "true"})
-        answer = index._search({"size": 10_000, "query": {"match_all": {}}})
-        return {hit["_id"]: {"_index": hit["_index"], **hit["_source"]} for hit in answer["hits"]["hits"]}
-    finally:
-        index.close()
-
-
-def _article(n: int, *, language="en", text="The council met on Monday.", title=None, published="2026-02-12T16:45:00Z",
-             tags=()) -> Article:
-    url = f"https://news.example.org/a{n}"
-    return Article(
-        id=article_id(url), url=url, canonical_url=url, feed_url="https://news.example.org/feed.xml",
-        source="Example News", title=title or f"Story {n}", text=text, language=language, published=published,
-        discovered="2026-03-01T08:00:00Z", fetched="2026-03-01T08:00:05Z",
-        tags=[TagHit(t, {t: 1}, [(0, len(t))]) for t in tags],
-    )
-
-
 def _bulk_requests(proxy: EsProxy) -> list[tuple[str, str, int]]:
     return [r for r in proxy.requests if r[1].startswith("/_bulk")]
 
@@ -89,7 +67,7 @@ def test_detects_the_product_and_installs_the_template(proxy, es_prefix, flavor,
     index = EsIndex(_settings(proxy, es_prefix)).connect()
     assert index.product.startswith(product)
     index.connect()  # again: idempotent
-    installed = index._call("GET", f"/_index_template/{es_prefix}")["index_templates"]
+    installed = call(index.settings.url, "GET", f"/_index_template/{es_prefix}")["index_templates"]
     assert [t["name"] for t in installed] == [es_prefix]
     template = installed[0]["index_template"]
     assert template["index_patterns"] == [f"{es_prefix}-*"] and es_prefix in template["template"]["aliases"]
@@ -111,7 +89,7 @@ def test_refuses_an_unsupported_version_with_the_reason(proxy, es_prefix, make_s
 
 
 def test_monthly_index_comes_from_the_article_not_the_clock():
-    article = _article(1, published=None)
+    article = news_article(1, published=None)
     assert index_for(article, "p") == "p-2026.03"  # discovered
     article.published = "2025-12-31T23:59:00Z"
     assert index_for(article, "p") == "p-2025.12"
@@ -119,7 +97,7 @@ def test_monthly_index_comes_from_the_article_not_the_clock():
 
 def test_bulk_batches_respect_the_document_and_byte_caps(proxy, es_url, es_prefix):
     index = EsIndex(_settings(proxy, es_prefix, bulk_docs=10, bulk_bytes=20_000)).connect()
-    articles = [_article(n, text="word " * 600) for n in range(25)]  # ~3 KB each
+    articles = [news_article(n, text="word " * 600) for n in range(25)]  # ~3 KB each
     assert index.write(articles) == []
     sizes = [size for _, _, size in _bulk_requests(proxy)]
     assert len(stored(es_url, es_prefix)) == 25
@@ -130,7 +108,7 @@ def test_bulk_batches_respect_the_document_and_byte_caps(proxy, es_url, es_prefi
 def test_whole_request_429_and_503_are_retried_with_backoff(proxy, es_url, es_prefix):
     proxy.bulk_statuses = [429, 503, 503]
     index = EsIndex(_settings(proxy, es_prefix)).connect()
-    assert index.write([_article(n) for n in range(5)]) == []
+    assert index.write([news_article(n) for n in range(5)]) == []
     assert len(stored(es_url, es_prefix)) == 5
     assert len(_bulk_requests(proxy)) == 4
     assert index.health() is None
@@ -141,7 +119,7 @@ def test_partial_bulk_failure_retries_the_retriable_and_rejects_the_mapping_erro
     """Through the runner: the 429 item is retried and indexed, the bad date goes to dead letters with the
     node's own error, and a re-indexed article stays in the monthly index its own dates give."""
     bus = SqliteBus(tmp_path / "queue.db")
-    articles = [_article(n) for n in range(6)]
+    articles = [news_article(n) for n in range(6)]
     articles[2].published = "last Tuesday"  # not a date: the mapping refuses it
     proxy.item_statuses = {articles[4].id: [429, 503]}
     for article in articles:
@@ -167,7 +145,7 @@ def test_a_hung_request_times_out_and_the_batch_is_sent_again(proxy, es_url, es_
     index = EsIndex(_settings(proxy, es_prefix, request_timeout=1.0)).connect()
     proxy.hang("/_bulk")
     started = time.monotonic()
-    assert index.write([_article(n) for n in range(3)]) == []
+    assert index.write([news_article(n) for n in range(3)]) == []
     assert 1.0 <= time.monotonic() - started < 5.0
     assert len(_bulk_requests(proxy)) == 2 and len(stored(es_url, es_prefix)) == 3
     index.close()
@@ -206,7 +184,7 @@ def test_search_node_down_during_a_stream_loses_nothing_and_keeps_memory_bounded
         "give_up_after": 0.5,
     }})
     bus = SqliteBus(settings.data_dir / "queue.db")
-    for article in [_article(n) for n in range(40)]:
+    for article in [news_article(n) for n in range(40)]:
         bus.publish(TAGGED, article.id, article.to_json())
     bus.flush()
     stop = threading.Event()
@@ -217,7 +195,7 @@ def test_search_node_down_during_a_stream_loses_nothing_and_keeps_memory_bounded
     big_text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 80
     tracemalloc.start()
     for n in range(40, 1040):
-        article = _article(n, text=big_text)
+        article = news_article(n, text=big_text)
         bus.publish(TAGGED, article.id, article.to_json())
     bus.flush()
     tracemalloc.reset_peak()
@@ -281,9 +259,9 @@ def test_writer_starts_while_the_search_node_is_down_and_reports_unhealthy(proxy
     index = open_index(settings)
     assert "ConnectError" in index.health()
     with pytest.raises(SinkUnavailable):
-        index.write([_article(1)])
+        index.write([news_article(1)])
     proxy.start(proxy.port)
-    assert index.write([_article(1)]) == []
+    assert index.write([news_article(1)]) == []
     assert index.health() is None and index.product.startswith("OpenSearch")
     index.close()
 
@@ -292,10 +270,10 @@ def test_export_streams_every_match_across_search_after_pages(proxy, es_prefix):
     index = EsIndex(_settings(proxy, es_prefix, bulk_docs=500)).connect()
     count = 2_500  # three pages, and more than from/size could reach with a small max_result_window
     for start in range(0, count, 500):  # distinct texts: every article its own story
-        index.write([_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
+        index.write([news_article(n, text=f"Harbour report {n}: " + " ".join(f"w{n}x{k}" for k in range(12)),
                                     published=f"2026-02-{n % 28 + 1:02d}T{n % 24:02d}:00:00Z")
                            for n in range(start, start + 500)])
-    index._call("POST", f"/{es_prefix}/_refresh")
+    refresh(index.settings.url, es_prefix)
     proxy.requests.clear()
     records = list(index.export("harbour"))
     assert len(records) == len({r["id"] for r in records}) == count

@@ -6,7 +6,7 @@ your own (Elasticsearch 8/9 or OpenSearch 2/3):
     ES_URL=https://es:9200 NEWSMON_ES_API_KEY=… ES_CA_FILE=ca.pem .venv/bin/python -m pytest tests/test_elasticsearch_real.py
 
 Each test writes under its own index prefix and deletes its template and indices after. Faults the
-node does not produce on demand are in tests/test_elasticsearch.py, through tests/es_proxy.py.
+node does not produce on demand are in tests/test_elasticsearch.py, through tests/support/es_proxy.py.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from newsmon.record import Article, article_id
 from newsmon.search import Filters
 from newsmon.text import MARK_CLOSE, MARK_OPEN
 from sinks.elasticsearch import LANGUAGE_ANALYZERS, EsIndex, index_for, search_body, to_document
-from tests.conftest import es_settings
-from tests.test_elasticsearch import _article, stored
+from tests.support.search_cluster import call, es_settings, news_article, refresh, stored
 
 # One sentence per mapped language, with its inflections and stop words: each language's analyzer must
 # change it (stem a word or drop one) where the standard analyzer would not.
@@ -49,12 +48,12 @@ def index(es_url, es_prefix, tmp_path):
 
 def _refreshed(index: EsIndex) -> EsIndex:
     """Make what was just written searchable now rather than within the refresh interval."""
-    index._call("POST", f"/{index.prefix}/_refresh")
+    refresh(index.settings.url, index.prefix)
     return index
 
 
 def _tokens(index: EsIndex, target: str, **analysis) -> list[str]:
-    return [t["token"] for t in index._call("POST", f"{target}/_analyze", json=analysis)["tokens"]]
+    return [t["token"] for t in call(index.settings.url, "POST", f"{target}/_analyze", json=analysis)["tokens"]]
 
 
 def test_the_template_s_analyzers_on_the_node(index):
@@ -74,8 +73,8 @@ def test_the_template_s_analyzers_on_the_node(index):
 
 
 def test_reindexing_updates_never_duplicates(index):
-    assert index.write([_article(n) for n in range(3)]) == []
-    again = [_article(n, text="Updated: the council met again.") for n in range(3)]
+    assert index.write([news_article(n) for n in range(3)]) == []
+    again = [news_article(n, text="Updated: the council met again.") for n in range(3)]
     for article in again:
         article.fetched = "2026-07-09T10:00:00Z"  # re-fetched months later: same index, decided by the article
     assert index.write(again) == []
@@ -88,13 +87,13 @@ def test_reindexing_updates_never_duplicates(index):
 
 def test_search_backend_features(index):
     index.write([
-        _article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés parlent de sécurité et de défense.",
+        news_article(1, language="fr", title="La sécurité de l'Europe", text="Les alliés parlent de sécurité et de défense.",
                  tags=["nato"], published="2026-02-12T16:45:00Z"),
-        _article(2, language="en", title="Harbour budget", text="The councils approved the harbour budgets.",
+        news_article(2, language="en", title="Harbour budget", text="The councils approved the harbour budgets.",
                  published="2026-02-10T09:00:00Z"),
-        _article(3, language="en", title="Security talks", text="Security talks in Brussels: NATO allies meet.",
+        news_article(3, language="en", title="Security talks", text="Security talks in Brussels: NATO allies meet.",
                  tags=["nato"], published="2026-01-05T09:00:00Z"),
-        _article(4, language="de", title="Klimaschutz", text="Der Rat beschließt das Wärmenetz für den Klimaschutz.",
+        news_article(4, language="de", title="Klimaschutz", text="Der Rat beschließt das Wärmenetz für den Klimaschutz.",
                  tags=["climate"], published="2026-02-01T09:00:00Z"),
     ])
     _refreshed(index)
@@ -127,10 +126,13 @@ def test_search_backend_features(index):
 
 def test_query_syntax_cannot_inject(index):
     """Backend syntax in a query is plain text: the request carries only structured clauses."""
-    index.write([_article(1, text="The council met."), _article(2, text="Budget cuts.")])
+    index.write([news_article(1, text="The council met."), news_article(2, text="Budget cuts.")])
     _refreshed(index)
+    assert index.search("council").total == 1  # the words themselves are found
+    # Read as the analyst's words, each query matches nothing here; read as backend syntax, each would
+    # match both articles (any field, match_all, council OR budget).
     for hostile in ['text:* OR _id:*', '{"match_all": {}}', "council) | (budget~2"]:
-        assert index.search(hostile).total <= 1, hostile
+        assert index.search(hostile).total == 0, hostile
     # Punctuation alone has no words to match: it browses everything, like the empty query does.
     for punctuation in ["*", "+-|\\"]:
         assert search_body(parse(punctuation), Filters(), sort="relevance", limit=10, offset=0)["query"]["bool"]["must"] \
@@ -162,11 +164,11 @@ OTHER_STORY = ("The city council approved a new cycling lane along the river on 
 
 def _story_articles(copy_published: str = "2026-02-12T10:00:00Z") -> tuple[Article, Article, Article]:
     """An original, its trimmed copy from another source, and a different story."""
-    first = _article(1, title="NATO frigates to dock at Ellis", text=STORY, published="2026-02-12T08:00:00Z",
+    first = news_article(1, title="NATO frigates to dock at Ellis", text=STORY, published="2026-02-12T08:00:00Z",
                      tags=["harbour"])
-    copy = _article(2, title="Frigates due in Ellis port", text=TRIMMED_COPY, published=copy_published,
+    copy = news_article(2, title="Frigates due in Ellis port", text=TRIMMED_COPY, published=copy_published,
                     tags=["harbour"])
-    other = _article(3, title="Cycling lane approved", text=OTHER_STORY, published="2026-02-11T09:00:00Z",
+    other = news_article(3, title="Cycling lane approved", text=OTHER_STORY, published="2026-02-11T09:00:00Z",
                      tags=["harbour"])
     first.source, copy.source, other.source = "Ellis Post", "Wire", "Wire"
     return first, copy, other
@@ -200,7 +202,7 @@ def test_stories_collapse_with_their_copies_and_count_once(index, es_url, tmp_pa
 
     # The sketches outlive the process: a copy indexed after a restart still joins its story.
     again = EsIndex(es_settings(es_url, index_prefix=index.prefix), stories=tmp_path / "stories.db").connect()
-    late = _article(4, title="Ellis awaits NATO frigates", text=TRIMMED_COPY + " Ferries run as usual.")
+    late = news_article(4, title="Ellis awaits NATO frigates", text=TRIMMED_COPY + " Ferries run as usual.")
     again.write([late])
     _refreshed(again)
     assert again.story(late.id)[0] == first.id
@@ -210,14 +212,14 @@ def test_stories_collapse_with_their_copies_and_count_once(index, es_url, tmp_pa
 
 def test_documents_from_before_stories_are_backfilled(index):
     """Documents written without a story (an older newsmon) get the field mapped and set to their own id."""
-    old = [_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
+    old = [news_article(n, text=f"Harbour news number {n} " * 3) for n in range(5)]
     lines = []
     for article in old:
         doc = to_document(article)
         del doc["story"]
         lines += [json.dumps({"index": {"_index": index_for(article, index.prefix), "_id": article.id}}),
                   json.dumps(doc)]
-    index._call("POST", "/_bulk", params={"refresh": "true"}, content=("\n".join(lines) + "\n").encode(),
+    call(index.settings.url, "POST", "/_bulk", params={"refresh": "true"}, content=("\n".join(lines) + "\n").encode(),
                 headers={"Content-Type": "application/x-ndjson"})
     before = index.search("harbour")
     assert (before.total, before.articles, len(before.hits)) == (0, 5, 1)  # all in one group, and none counted

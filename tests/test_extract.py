@@ -5,7 +5,7 @@ import pytest
 from ingest.extract import Extractor, decode_html, extract_html
 from newsmon.errors import ExtractionError
 from newsmon.settings import ExtractSettings
-from tests.conftest import EURONEWS_SLUG, demo_page
+from tests.support.harness import EURONEWS_SLUG, demo_page
 
 CHROME = ["Newsletter", "PUBLICITÉ", "Copier/coller", "À découvrir également", "Par Euronews", "Partager",
           "Tous droits réservés", "Accéder aux raccourcis", "Africanews"]

@@ -12,9 +12,9 @@ from ingest.feeds import parse_feed
 from ingest.poller import adapt_interval, due_feeds
 from newsmon.errors import FeedParseError
 from newsmon.settings import Feed, FetchSettings, PollSettings
-from tests.conftest import NEWSMON, write_feeds
-from tests.sites import Page, TestSite, rss
+from tests.support.harness import NEWSMON, write_feeds
 from tests.support.polling import poll_once
+from tests.support.sites import Page, TestSite, rss
 
 ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
 <feed xmlns="http://www.w3.org/2005/Atom"><title>Atom test</title><id>tag:test,2026:feed</id>

@@ -14,8 +14,8 @@ from ingest.robots import RobotsRules
 from newsmon.errors import AddressRefused, FetchError
 from newsmon.net import AddressPolicy
 from newsmon.settings import FetchSettings
-from tests.conftest import NEWSMON
-from tests.sites import Page, TestSite
+from tests.support.harness import NEWSMON
+from tests.support.sites import Page, TestSite
 
 
 def _fetcher(**kw) -> Fetcher:

@@ -22,8 +22,8 @@ from newsmon.bus import DEAD_LETTERS
 from newsmon.kafka_bus import KafkaBus, create_topics
 from newsmon.record import Article, article_id
 from newsmon.settings import parse_bootstrap
-from tests.conftest import EURONEWS_SLUG, NEWSMON, free_port, wait_for, write_feeds
-from tests.sites import Page, TestSite, article_html, rss
+from tests.support.harness import EURONEWS_SLUG, NEWSMON, free_port, wait_for, write_feeds
+from tests.support.sites import Page, TestSite, article_html, rss
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,8 @@ import pytest
 from newsmon.app.stages import TAGGED
 from newsmon.bus import DEAD_LETTERS
 from newsmon.kafka_bus import KafkaBus
-from tests.conftest import engines, free_port, write_feeds
+from tests.support.engines import engines
+from tests.support.harness import free_port, write_feeds
 from tests.test_kafka import (
     _bus,
     _indexed,

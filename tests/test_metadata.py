@@ -9,7 +9,7 @@ from ingest.extract import Extracted, decode_html, extract_html, strip_chrome_li
 from ingest.metadata import clean_authors
 from ingest.pages import apply_extraction
 from newsmon.record import Article
-from tests.conftest import EURONEWS_SLUG, demo_page
+from tests.support.harness import EURONEWS_SLUG, demo_page
 
 URL = "http://127.0.0.1:8765/articles/x.html"
 TITLE = "Les alliés de l'OTAN promettent 35 milliards d'aide à l'Ukraine"

@@ -17,9 +17,9 @@ from newsmon.app import runtime
 from newsmon.app.runtime import run
 from newsmon.settings import ConfigWatch
 from sinks.sqlite_index import SqliteIndex
-from tests.conftest import NEWSMON, free_port, wait_for, write_feeds
-from tests.es_proxy import EsProxy
-from tests.sites import Page, TestSite, article_html, rss
+from tests.support.es_proxy import EsProxy
+from tests.support.harness import NEWSMON, free_port, wait_for, write_feeds
+from tests.support.sites import Page, TestSite, article_html, rss
 
 
 def _wait_for(predicate, timeout: float, what: str):

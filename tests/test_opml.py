@@ -15,7 +15,7 @@ import yaml
 
 from ingest.opml import OpmlFeed, read_opml
 from newsmon import settings as config
-from tests.conftest import NEWSMON, write_feeds
+from tests.support.harness import NEWSMON, write_feeds
 
 EXISTING = [
     {"name": "Euronews (fr)", "url": "https://fr.euronews.com/rss", "interval": 900, "language": "fr"},

@@ -13,8 +13,8 @@ from newsmon.record import Article
 from newsmon.search import Filters
 from newsmon.settings import Feed
 from sinks.sqlite_index import SqliteIndex
-from tests.conftest import EURONEWS_SLUG, SITE
-from tests.sites import Page, TestSite, article_html, rss
+from tests.support.harness import EURONEWS_SLUG, SITE
+from tests.support.sites import Page, TestSite, article_html, rss
 
 MANIFEST = json.loads((SITE / "MANIFEST.json").read_text())
 CHROME = ["Newsletter", "PUBLICITÉ", "Copier/coller", "À découvrir également"]

@@ -23,9 +23,9 @@ from newsmon.app.stages import DISCOVERED, publisher
 from newsmon.bus import SqliteBus
 from newsmon.errors import AddressRefused, FeedParseError, FetchError
 from newsmon.settings import Feed, FetchSettings, PollSettings
-from tests.conftest import wait_for
-from tests.sites import Page, TestSite, rss
+from tests.support.harness import wait_for
 from tests.support.polling import poll_once
+from tests.support.sites import Page, TestSite, rss
 
 LOOPBACK = ["127.0.0.1/32"]
 
@@ -355,7 +355,7 @@ def test_both_parsers_read_odd_feeds_alike(name, monkeypatch):
         return parsed.title, [(a.canonical_url, a.title, a.published, a.authors) for a in parsed.articles], parsed.skipped
 
     fast = read()
-    monkeypatch.setattr(feeds, "_well_formed_feed", lambda content: None)
+    monkeypatch.setattr(feeds, "read_well_formed", lambda content: None)
     assert read() == fast
     title, articles, skipped = fast
     if name == "rdf 1.0":
