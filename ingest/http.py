@@ -35,7 +35,7 @@ import httpx
 from newsmon import __version__
 from newsmon.errors import AddressRefused, FetchError
 from newsmon.net import AddressPolicy, GuardedAsyncBackend, guarded_transport
-from newsmon.retry import retriable_status, retry_after_seconds
+from newsmon.retry import backoff, retriable_status, retry_after_seconds
 from newsmon.settings import FetchSettings
 
 
@@ -306,7 +306,7 @@ class Fetcher:
             except FetchError as exc:
                 if not exc.transient or attempt == retries:
                     raise
-                time.sleep(min(0.5 * 2**attempt, 8.0))
+                time.sleep(backoff(attempt, 0.5, 8.0))
         raise AssertionError("unreachable")
 
     def _get_once(self, url: str, headers: dict[str, str], accept_types: tuple[str, ...] | None) -> FetchResult:
