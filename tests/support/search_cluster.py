@@ -33,7 +33,9 @@ def call(url: str, method: str, path: str, **kwargs) -> dict:
 
 
 def refresh(url: str, prefix: str) -> None:
-    """Make what was just written under ``prefix`` searchable now rather than within the refresh interval."""
+    """Make what was just written under ``prefix`` searchable now rather than within the refresh interval
+    (once its indices' shards are up: a loaded node answers 503 to a search of a just-created index)."""
+    call(url, "GET", f"/_cluster/health/{prefix}-*", params={"wait_for_status": "yellow", "timeout": "30s"})
     call(url, "POST", f"/{prefix}-*/_refresh", params={"allow_no_indices": "true"})
 
 
