@@ -66,3 +66,12 @@ def start_server(env: dict) -> tuple[str, subprocess.Popen]:
         proc.kill()
         raise
     return base, proc
+
+
+def spaced(starts: list[float], delay: float) -> bool:
+    """Request arrivals a server saw keep ``delay`` between starts: over the whole run, and each gap at
+    least half of it. (A server thread stamps an arrival when it gets to run: on a loaded machine one
+    stamp comes late and the next gap looks short, so a strict minimum gap would measure the scheduler.)"""
+    starts = sorted(starts)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    return bool(gaps) and starts[-1] - starts[0] >= 0.95 * delay * len(gaps) and min(gaps) >= delay / 2
