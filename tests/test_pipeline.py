@@ -1,6 +1,7 @@
 """The whole embedded pipeline, in process: the demo site end to end, and bad input that must not stop it."""
 
 import json
+import socket
 import threading
 
 import pytest
@@ -147,3 +148,19 @@ def test_an_article_robots_txt_disallows_is_a_dead_letter_with_the_reason(make_s
     [dead] = bus.recent(DEAD_LETTERS, 10)
     assert "disallowed by" in dead.headers["error"] and "robots.txt" in dead.headers["error"]
     bus.close()
+
+
+def test_the_demo_site_takes_a_burst_of_connections_while_busy():
+    """The pipeline opens more connections at once than socketserver's default backlog of 5: with its
+    accept loop held up (a loaded machine), every connection of a burst still completes."""
+    site = DemoSite(0)  # listening, not accepting yet
+    port = int(site.base_url.rsplit(":", 1)[1])
+    sockets = []
+    try:
+        for _ in range(20):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=1.0))
+    finally:
+        for s in sockets:
+            s.close()
+        site.__exit__(None, None, None)
+    assert len(sockets) == 20

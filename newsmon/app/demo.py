@@ -54,12 +54,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver listens with a backlog of 5: the pipeline opens more connections than that at once, and
+    # on a loaded machine the ones beyond it waited for SYN retries until the fetcher's connect timeout.
+    request_queue_size = 128
+
+
 class DemoSite:
     """Serve the demo site in a background thread: ``with DemoSite(port) as site: site.base_url``."""
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1"):
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _Handler)
         self.base_url = f"http://{host}:{self._server.server_address[1]}"
         self._server.base_url = self.base_url
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-site", daemon=True)
@@ -69,5 +75,6 @@ class DemoSite:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -61,6 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's listen backlog is 5: a burst of connections would wait for SYN retries
 
     def handle_error(self, request, client_address) -> None:
         pass  # clients that hang up early (size caps, timeouts) are what many tests are about
